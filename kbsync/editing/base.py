@@ -1,0 +1,92 @@
+"""The Editor protocol and the shared locate-then-edit loop.
+
+    editor.edit(lm, specs) -> patch      computes; leaves the model as it found it
+    editor.accept(patch)                 folds the patch's state update into the memory
+    editor.state_dict() / load_state_dict(state)
+
+Locate-then-edit editors (MEMIT, AlphaEdit, ...) share everything but `solve`: target
+vectors at the top edited layer, then for each edited layer from the lowest up, the
+keys and the residual still missing at the top layer are recomputed with the model as
+edited so far (MEMIT's spread), and the editor's solve turns them into Δ = U Vᵀ.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from kbsync.editing.contexts import context_templates
+from kbsync.editing.hparams import HParams
+from kbsync.editing.keys import keys_and_outputs
+from kbsync.editing.patch import WeightPatch
+from kbsync.editing.request import EditSpec
+from kbsync.editing.stats import second_moments
+from kbsync.editing.targets import optimise_targets
+from kbsync.errors import EditorError
+
+
+class Editor(Protocol):
+    name: str
+
+    def edit(self, lm, specs: list[EditSpec]) -> WeightPatch: ...
+    def accept(self, patch: WeightPatch) -> None: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class LocateThenEdit:
+    name = "locate-then-edit"
+
+    def __init__(self, hparams: HParams):
+        self.hp = hparams
+        self.state: dict[str, torch.Tensor] = {}
+        self.last_stats: dict = {}
+
+    # -- what subclasses provide -------------------------------------------------------
+    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor,
+              cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys (d_in, n), resid (d_out, n), cov (d_in, d_in), all float64 -> (U, V)."""
+        raise NotImplementedError
+
+    def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
+        return {}
+
+    # -- shared machinery ---------------------------------------------------------------
+    def covariances(self, lm) -> dict[int, torch.Tensor]:
+        return second_moments(lm, list(self.hp.layers), self.hp.stats_tokens)
+
+    def edit(self, lm, specs: list[EditSpec]) -> WeightPatch:
+        if not specs:
+            return WeightPatch.empty()
+        hp, layers = self.hp, sorted(self.hp.layers)
+        covs = self.covariances(lm)
+        contexts = context_templates(lm, hp.contexts, hp.context_length, hp.seed)
+        target = optimise_targets(lm, specs, contexts, hp.target_params())
+        self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist()}
+        patch = WeightPatch({})
+        try:
+            for i, layer in enumerate(layers):
+                keys, current = keys_and_outputs(lm, specs, contexts, [layer], hp.target_layer)
+                resid = (target.z - current) / (len(layers) - i)          # (n, d_out)
+                u, v = self.solve(layer, keys[layer].T.double(), resid.T.double(),
+                                  covs[layer].to(torch.float64))
+                step = WeightPatch({layer: (u.float(), v.float())})
+                if not step.is_finite():
+                    raise EditorError(f"{self.name}: non-finite update at layer {layer}")
+                step.apply(lm.model)
+                patch.factors[layer] = step.factors[layer]
+            patch.state_update = self.state_update(lm, specs, contexts)
+        finally:
+            patch.revert(lm.model)
+        return patch
+
+    def accept(self, patch: WeightPatch) -> None:
+        for key, value in patch.state_update.items():
+            self.state[key] = self.state[key] + value if key in self.state else value.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: v.clone() for k, v in state.items()}

@@ -1,0 +1,76 @@
+"""Hyperparameters of the locate-then-edit editors, resolved from data files:
+`hparams/<editor>.yaml` holds `defaults`, then per `family` (model_type), then per `model`
+(`<model_type>-<layers>x<hidden>`, e.g. `llama-30x576` for the default SmolLM2), then the
+user's overrides from kbsync.yaml. Later entries win."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from kbsync.editing.targets import TargetParams
+from kbsync.errors import EditorError
+
+HPARAMS_DIR = Path(__file__).resolve().parent / "hparams"
+
+
+@dataclass(frozen=True)
+class HParams:
+    layers: tuple[int, ...]
+    z_layer: int | None = None        # default: the highest edited layer
+    steps: int = 25
+    lr: float = 0.5
+    clamp: float = 0.75
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    early_stop: bool = True
+    early_stop_k: int = 1
+    min_loss: float = 0.05
+    contexts: int = 5                 # generated context prefixes (plus the bare prompt)
+    context_length: int = 10
+    stats_tokens: int = 100_000
+    mom2_weight: float = 15000.0      # MEMIT's λ on C
+    nullspace_threshold: float = 0.02 # AlphaEdit, relative to C's largest eigenvalue
+    l2: float = 10.0                  # AlphaEdit's α
+    seed: int = 0
+    extra: dict = field(default_factory=dict)   # editor-specific knobs
+
+    @property
+    def target_layer(self) -> int:
+        return self.z_layer if self.z_layer is not None else max(self.layers)
+
+    def target_params(self) -> TargetParams:
+        return TargetParams(self.target_layer, self.steps, self.lr, self.clamp, self.kl_factor,
+                            self.weight_decay, self.early_stop, self.early_stop_k, self.min_loss)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+
+def model_key(config) -> str:
+    return f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}"
+
+
+def resolve_hparams(editor: str, config, overrides: dict | None = None) -> HParams:
+    path = HPARAMS_DIR / f"{editor}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    merged: dict = {}
+    merged.update(data.get("defaults", {}))
+    merged.update(data.get("family", {}).get(config.model_type, {}))
+    merged.update(data.get("model", {}).get(model_key(config), {}))
+    merged.update(overrides or {})
+    known = {f.name for f in fields(HParams)}
+    extra = {k: merged.pop(k) for k in list(merged) if k not in known | {"extra"}}
+    if "layers" not in merged:
+        raise EditorError(f"no layers configured for {editor} on {model_key(config)}",
+                          hint="set hparams: {layers: [...]} in kbsync.yaml")
+    merged["layers"] = tuple(merged["layers"])
+    n = config.num_hidden_layers
+    if any(not 0 <= l < n for l in merged["layers"]):
+        raise EditorError(f"layers {list(merged['layers'])} out of range for a {n}-layer model")
+    extra = {**merged.pop("extra", {}), **extra}
+    return HParams(**merged, extra=extra)

@@ -1,0 +1,69 @@
+"""A weight patch: per edited layer a low-rank delta Δ = U Vᵀ of the MLP out-projection
+(rank ≤ requests in the batch, as MEMIT/AlphaEdit's solve gives it), plus the editor-state
+update it carries (e.g. AlphaEdit's keys of the edited facts).
+
+Editor state is the fold of `Editor.accept(patch)` over a snapshot's chain of patches, so
+rebuilding a snapshot's model also rebuilds its editor memory, and a rollback restores
+both. Factors are kept in float32: rounding them to bf16 can erase small edits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kbsync.lm import arch
+
+
+@dataclass
+class WeightPatch:
+    factors: dict[int, tuple[torch.Tensor, torch.Tensor]]   # layer -> (U (d_out, r), V (d_in, r))
+    state_update: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def delta(self, layer: int) -> torch.Tensor:
+        u, v = self.factors[layer]
+        return u @ v.T                                     # (d_out, d_in)
+
+    def _add(self, model, sign: float) -> None:
+        with torch.no_grad():
+            for layer in self.factors:
+                weight = arch.weight_of(model, layer)
+                weight.add_(sign * self.delta(layer).to(weight.device, weight.dtype))
+
+    def apply(self, model) -> None:
+        self._add(model, 1.0)
+
+    def revert(self, model) -> None:
+        self._add(model, -1.0)
+
+    def is_finite(self) -> bool:
+        tensors = [t for pair in self.factors.values() for t in pair]
+        return all(bool(torch.isfinite(t).all()) for t in tensors + list(self.state_update.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer, (u, v) in self.factors.items():
+            out[f"delta.{layer}.U"], out[f"delta.{layer}.V"] = u.contiguous(), v.contiguous()
+        out.update({f"state.{k}": t.contiguous() for k, t in self.state_update.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "WeightPatch":
+        factors: dict[int, list] = {}
+        state = {}
+        for name, t in tensors.items():
+            kind, rest = name.split(".", 1)
+            if kind == "state":
+                state[rest] = t
+            else:
+                layer, which = rest.split(".")
+                factors.setdefault(int(layer), [None, None])["UV".index(which)] = t
+        return cls({l: (u, v) for l, (u, v) in factors.items()}, state)
+
+    @classmethod
+    def empty(cls) -> "WeightPatch":
+        return cls({}, {})

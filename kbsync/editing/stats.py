@@ -1,0 +1,79 @@
+"""Second moment C = E[k kᵀ] of the keys of an edited layer over a text corpus (§1.6).
+
+The corpus ships with kbsync (kbsync/data/corpus.txt: Wikipedia biography passages from
+WikiBio / SelfCheckGPT via KnowEdit and WISE, CC BY-SA 3.0). Computed once per model
+fingerprint, layer set and sample size, cached as safetensors, reused by every editor.
+Only the blocks up to the highest requested layer run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kbsync.editing.hooks import capture_mlp_inputs, run
+from kbsync.editing.tokens import Batch
+from kbsync.lm.load import cache_dir
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
+
+
+def corpus_chunks(tokenizer, max_tokens: int, seq_len: int) -> list[list[int]]:
+    """Token id windows of at most seq_len, up to max_tokens in total."""
+    ids: list[int] = []
+    for line in CORPUS.read_text().splitlines():
+        ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
+
+
+def _path(fingerprint: str, layer: int, n_tokens: int) -> Path:
+    return cache_dir() / "stats" / fingerprint / f"layer{layer}-{n_tokens}.safetensors"
+
+
+def second_moments(lm, layers: list[int], n_tokens: int = 100_000, seq_len: int = 256,
+                   batch_size: int = 16, progress: bool = True) -> dict[int, torch.Tensor]:
+    """{layer: C (d_in, d_in) float64}, from the disk cache where present."""
+    from safetensors.torch import load_file, save_file
+
+    cached = {l: _path(lm.fingerprint, l, n_tokens) for l in layers}
+    result = {l: load_file(p)["mom2"] for l, p in cached.items() if p.exists()}
+    missing = [l for l in layers if l not in result]
+    if not missing:
+        return result
+    chunks = corpus_chunks(lm.tokenizer, n_tokens, seq_len)
+    sums = {l: None for l in missing}
+    count = 0
+    bar = tqdm(total=sum(map(len, chunks)), desc="covariance statistics", unit="tok",
+               disable=None if progress else True, leave=False)
+    for start in range(0, len(chunks), batch_size):
+        group = chunks[start:start + batch_size]
+        width = max(map(len, group))
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for i, c in enumerate(group):
+            ids[i, :len(c)], mask[i, :len(c)] = torch.tensor(c), 1
+        batch = Batch(ids.to(lm.device), mask.to(lm.device), None, None, [], [])
+        store: dict = {}
+        with torch.no_grad(), capture_mlp_inputs(lm.model, missing, store):
+            run(lm.model, batch, stop_after=max(missing))
+        keep = mask.bool().to(lm.device)
+        for l in missing:
+            k = store[l][keep].float()                    # (tokens, d_in)
+            kkt = (k.T @ k).double().cpu()
+            sums[l] = kkt if sums[l] is None else sums[l] + kkt
+        count += int(keep.sum())
+        bar.update(int(keep.sum()))
+    bar.close()
+    for l in missing:
+        result[l] = sums[l] / count
+        cached[l].parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached[l].with_suffix(".tmp")
+        save_file({"mom2": result[l].contiguous()}, str(tmp), metadata={"tokens": str(count)})
+        tmp.replace(cached[l])
+    return result

@@ -1,0 +1,130 @@
+"""Target vectors (MEMIT §1.5): for each request find δ, added to the output of block
+`z_layer` at the subject's last token, that makes the model say the target.
+
+All requests of a batch and all their context prompts go through the model together:
+one forward/backward per step. Loss per request:
+
+    mean over its prompts of the target's mean token NLL (teacher forced)
+  + kl_factor · KL(p_δ ‖ p_0) of the next token after "{subject} is a"   (keeps the essence)
+  + weight_decay · ‖δ‖ / ‖h‖²                                             (MEMIT's form)
+
+with ‖δ‖ ≤ clamp · ‖h‖ after every step (h: the block's original output there).
+Early stop (ENCORE's most-probable early stopping): a request is done once every target
+token is the top-1 prediction in every one of its prompts for `early_stop_k` consecutive
+steps; its δ is then frozen. The loop ends when all requests are done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kbsync.editing.hooks import capture_block_output, run, shift_block_output
+from kbsync.editing.request import EditSpec
+from kbsync.editing.tokens import encode, render
+
+KL_TEMPLATE = "{subject} is a"
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor          # (n, d_model) desired block output on the bare prompt
+    delta: torch.Tensor      # (n, d_model)
+    steps: int
+    nll: torch.Tensor        # (n,) final mean target NLL over prompts
+
+
+@dataclass(frozen=True)
+class TargetParams:
+    z_layer: int
+    steps: int = 25
+    lr: float = 0.5
+    clamp: float = 0.75
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    early_stop: bool = True
+    early_stop_k: int = 1
+    min_loss: float = 0.05
+
+
+def _rows(specs: list[EditSpec], contexts: list[str]):
+    texts, spans, targets, owner = [], [], [], []
+    for i, spec in enumerate(specs):
+        for ctx in contexts:
+            text, span = render(ctx, spec.prompt, spec.subject)
+            texts.append(text), spans.append(span), targets.append(spec.target), owner.append(i)
+    for i, spec in enumerate(specs):   # one KL row per request, after all rewrite rows
+        text, span = render("{}", KL_TEMPLATE, spec.subject)
+        texts.append(text), spans.append(span), targets.append(None), owner.append(i)
+    return texts, spans, targets, torch.tensor(owner)
+
+
+def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetParams) -> TargetResult:
+    model, device, n = lm.model, lm.device, len(specs)
+    texts, spans, targets, owner = _rows(specs, contexts)
+    batch = encode(lm.tokenizer, texts, spans, targets).to(device)
+    owner = owner.to(device)
+    n_rw = n * len(contexts)
+    rows = torch.arange(len(texts), device=device)
+    unembed = model.get_output_embeddings()
+
+    # flat teacher-forcing index over all target tokens of the rewrite rows
+    tok_row = torch.cat([torch.full_like(batch.target_pos[r], r) for r in range(n_rw)])
+    tok_pos = torch.cat(batch.target_pos[:n_rw])
+    tok_ids = torch.cat(batch.target_ids[:n_rw])
+    tok_count = torch.tensor([len(batch.target_pos[r]) for r in range(n_rw)], device=device)
+    kl_rows = rows[n_rw:]
+
+    with torch.no_grad():
+        store: dict = {}
+        with capture_block_output(model, p.z_layer, store):
+            hidden = run(model, batch).last_hidden_state
+        h0 = store[p.z_layer][rows[:n_rw:len(contexts)], batch.subject_pos[:n_rw:len(contexts)]].float()
+        kl_init = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
+
+    delta = torch.zeros(n, h0.shape[1], device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=p.lr)
+    h_norm = h0.norm(dim=1)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    streak = torch.zeros(n, dtype=torch.long, device=device)
+    nll_req = torch.zeros(n, device=device)
+    step = 0
+    for step in range(1, p.steps + 1):
+        with shift_block_output(model, p.z_layer, rows, batch.subject_pos, lambda: delta[owner]):
+            hidden = run(model, batch).last_hidden_state
+        logp = torch.log_softmax(unembed(hidden[tok_row, tok_pos]).float(), -1)
+        tok_nll = -logp.gather(1, tok_ids[:, None]).squeeze(1)
+        row_nll = torch.zeros(n_rw, device=device).index_add(0, tok_row, tok_nll) / tok_count
+        nll_req = torch.zeros(n, device=device).index_add(0, owner[:n_rw], row_nll) / len(contexts)
+        kl_cur = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
+        kl = (kl_cur.exp() * (kl_cur - kl_init)).sum(-1)
+        decay = delta.norm(dim=1) / h_norm ** 2
+        loss = nll_req + p.kl_factor * kl + p.weight_decay * decay
+
+        top1 = logp.argmax(-1) == tok_ids
+        row_ok = _all_per_row(top1, tok_row, n_rw)
+        req_ok = _all_per_row(row_ok, owner[:n_rw], n)
+        streak = torch.where(req_ok, streak + 1, torch.zeros_like(streak))
+        finished = loss.detach() < p.min_loss
+        if p.early_stop:
+            finished |= streak >= p.early_stop_k
+        done |= finished
+        if bool(done.all()) or step == p.steps:
+            break
+        opt.zero_grad()
+        loss[~done].sum().backward()
+        frozen = delta.detach()[done].clone()
+        opt.step()
+        with torch.no_grad():
+            delta[done] = frozen
+            scale = (p.clamp * h_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+            delta.mul_(scale[:, None])
+    delta = delta.detach()
+    return TargetResult(h0 + delta, delta, step, nll_req.detach())
+
+
+def _all_per_row(flags: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """For each row, whether every flag that belongs to it is True."""
+    bad = torch.zeros(n_rows, device=flags.device).index_add(0, row, (~flags).float())
+    return bad == 0

@@ -1,0 +1,139 @@
+"""Load any local Hugging Face causal LM directory offline, safely.
+
+Only safetensors weights load by default: a directory holding only pickle checkpoints
+(`*.bin`, `*.pt`, `*.pth`) is refused unless the caller passes `allow_pickle=True`, and
+remote code is never trusted. `model: default` resolves to the embedded SmolLM2 model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbsync.errors import ModelError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    path: Path
+    fingerprint: str
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def resolve_model_path(spec: str | Path) -> Path:
+    if str(spec) == "default":
+        from kbsync.lm.default_model import default_model_path
+        path = default_model_path()
+        if not (path / "config.json").exists():
+            raise ModelError(f"the default model is not set up at {path}",
+                             hint="run `kbsync model fetch-default` (or `make model`)")
+        return path
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)",
+                         hint="point `model:` in kbsync.yaml at a local directory, or use `default`")
+    return path
+
+
+def check_weights(path: Path, allow_pickle: bool) -> bool:
+    """True when safetensors weights are present; refuse pickle-only dirs unless trusted."""
+    has_safetensors = any(path.glob("*.safetensors"))
+    if has_safetensors:
+        return True
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise ModelError(f"{path} holds no weights (*.safetensors)")
+    if not allow_pickle:
+        raise ModelError(f"{path} only has pickle checkpoints ({', '.join(pickles)}); "
+                         "unpickling can run arbitrary code",
+                         hint="convert to safetensors, or pass --allow-pickle / "
+                              "`allow_pickle: true` if you trust this file")
+    return False
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 over config and weight files; cached per (name, size, mtime) since 8B
+    models take tens of seconds to hash."""
+    entries = sorted(p for p in path.iterdir()
+                     if p.name == "config.json" or p.suffix == ".safetensors"
+                     or p.suffix in PICKLE_SUFFIXES)
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
+    cache = cache_dir() / "fingerprints.json"
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stamp]).encode()).hexdigest()
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in known:
+        return known[key]
+    digest = hashlib.sha256()
+    for p in entries:
+        digest.update(p.name.encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    known[key] = digest.hexdigest()[:32]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known))
+    os.replace(tmp, cache)
+    return known[key]
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 of the in-memory parameters: changes whenever any weight changes."""
+    import torch
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KBSYNC_CACHE", Path.home() / ".cache" / "kbsync"))
+
+
+def pick_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[dtype]
+
+
+def load_model(spec: str | Path = "default", *, device: str = "auto", dtype: str = "auto",
+               allow_pickle: bool = False) -> LoadedModel:
+    """device: cpu, cuda, cuda:N, auto, or `map` for device_map="auto" across GPUs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    safe = check_weights(path, allow_pickle)
+    placement = {"device_map": "auto"} if device == "map" else {}
+    target = "cuda" if device == "map" else pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=pick_dtype(dtype, target), use_safetensors=safe, local_files_only=True,
+        trust_remote_code=False, **placement)
+    if device != "map":
+        model.to(target)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, path, file_fingerprint(path))

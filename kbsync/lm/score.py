@@ -1,0 +1,101 @@
+"""Batched scoring: target log-likelihoods (teacher forced), next-token distributions and
+greedy answers. Every function takes plain prompt strings."""
+
+from __future__ import annotations
+
+import torch
+
+from kbsync.editing.tokens import encode
+
+CHUNK = 64
+
+
+def _spans(prompts: list[str]) -> list[tuple[int, int]]:
+    return [(0, len(p)) for p in prompts]   # subject position is unused here
+
+
+def target_nll(lm, prompts: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: mean token NLL of " target" after the prompt, and whether every target
+    token is the argmax (teacher-forced token accuracy == 1). Returns (nll, all_top1)."""
+    nll, top1 = [], []
+    unembed = lm.model.get_output_embeddings()
+    for s in range(0, len(prompts), CHUNK):
+        batch = encode(lm.tokenizer, prompts[s:s + CHUNK], _spans(prompts[s:s + CHUNK]),
+                       targets[s:s + CHUNK]).to(lm.device)
+        with torch.no_grad():
+            hidden = lm.model.base_model(input_ids=batch.input_ids,
+                                         attention_mask=batch.attention_mask).last_hidden_state
+        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
+            logp = torch.log_softmax(unembed(hidden[r, pos]).float(), -1)
+            nll.append(-logp.gather(1, ids[:, None]).mean())
+            top1.append((logp.argmax(-1) == ids).all())
+    return torch.stack(nll).cpu(), torch.stack(top1).cpu()
+
+
+def token_accuracy(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
+    """Per pair: share of target tokens that are the argmax (teacher forced; zsRE metric)."""
+    acc = []
+    unembed = lm.model.get_output_embeddings()
+    for s in range(0, len(prompts), CHUNK):
+        batch = encode(lm.tokenizer, prompts[s:s + CHUNK], _spans(prompts[s:s + CHUNK]),
+                       targets[s:s + CHUNK]).to(lm.device)
+        with torch.no_grad():
+            hidden = lm.model.base_model(input_ids=batch.input_ids,
+                                         attention_mask=batch.attention_mask).last_hidden_state
+        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
+            acc.append((unembed(hidden[r, pos]).argmax(-1) == ids).float().mean())
+    return torch.stack(acc).cpu()
+
+
+def next_token_logprobs(lm, prompts: list[str]) -> torch.Tensor:
+    """(n, vocab) log-probabilities of the token after each prompt."""
+    out = []
+    unembed = lm.model.get_output_embeddings()
+    for s in range(0, len(prompts), CHUNK):
+        chunk = prompts[s:s + CHUNK]
+        batch = encode(lm.tokenizer, chunk, _spans(chunk)).to(lm.device)
+        with torch.no_grad():
+            hidden = lm.model.base_model(input_ids=batch.input_ids,
+                                         attention_mask=batch.attention_mask).last_hidden_state
+            rows = torch.arange(len(chunk), device=lm.device)
+            out.append(torch.log_softmax(unembed(hidden[rows, batch.last_pos]).float(), -1).cpu())
+    return torch.cat(out)
+
+
+def greedy(lm, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
+    """Greedy continuation of each prompt (left-padded for generate)."""
+    tok = lm.tokenizer
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        answers = []
+        for s in range(0, len(prompts), CHUNK):
+            enc = tok(prompts[s:s + CHUNK], return_tensors="pt", padding=True).to(lm.device)
+            with torch.no_grad():
+                out = lm.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                        pad_token_id=tok.pad_token_id)
+            answers += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return answers
+    finally:
+        tok.padding_side = side
+
+
+def answers_match(answer: str, expected: str) -> bool:
+    """Whether a greedy continuation starts with the expected object."""
+    return answer.strip().lower().startswith(expected.strip().lower())
+
+
+def perplexity(lm, texts: list[str], seq_len: int = 256) -> float:
+    ids = []
+    for t in texts:
+        ids.extend(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
+    total, count = 0.0, 0
+    for s in range(0, len(ids) - 1, seq_len):
+        window = torch.tensor(ids[s:s + seq_len + 1], device=lm.device)[None]
+        if window.shape[1] < 2:
+            break
+        with torch.no_grad():
+            logits = lm.model(input_ids=window[:, :-1]).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
+        total, count = total + float(nll), count + window.shape[1] - 1
+    return float(torch.exp(torch.tensor(total / count)))

@@ -1,0 +1,306 @@
+"""Snapshot manifests and HEAD: `.kbsync/snapshots/<id>.json`, `.kbsync/HEAD`.
+
+A snapshot is an immutable manifest naming everything needed to rebuild one model state:
+the base-model fingerprint, the patch tensors this snapshot adds, the editor's memory, the
+applied knowledge base and the gate results. Its id is the sha256 of its canonical JSON,
+which is exactly the manifest file's bytes, so a changed byte is detected on read.
+
+Guarantees:
+- manifests are written atomically and read-only, after every object they name exists
+  (`write` refuses a manifest naming a missing object, or a parent it does not follow);
+- `set_head` is THE commit point: an atomic, fsynced replace of `HEAD`. A kill before it
+  leaves the old snapshot current (new objects and manifests are unreferenced garbage); a
+  kill after it leaves the new one current. There is never a mix;
+- `verify` checks every manifest's id, every object it names, parent links and HEAD.
+
+Two links per manifest, two meanings:
+- `parent` is history: the snapshot that was HEAD when this one was made. History is
+  linear and `serial` = parent's serial + 1 (root = 1), so the serial only ever grows,
+  also across a rollback (a saved plan pinned to an old serial can never match again).
+- the *effective parent* is model lineage: `rollback_of` if set, else `parent`.
+  Rebuilding the model of snapshot X = base model + the `patch` of every snapshot along
+  `chain(X)` (root first), following effective parents; a snapshot with `patch=None`
+  changes no weights.
+
+A rollback to T is therefore a NEW snapshot R with `parent` = the current HEAD,
+`rollback_of` = T, `patch` = None, and T's facts, editor state, hparams and base model
+(`rollback_manifest` builds it): `chain(R)` = `chain(T)` + [R], which rebuilds exactly T's
+model, while the history still shows the undone snapshots and when they were undone.
+
+`editor_state` is the editor's whole memory after the snapshot, or None for "unchanged
+from the effective parent" (`editor_state_for` resolves it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kbsync.errors import IntegrityError, KbsyncError
+from kbsync.store.atomic import atomic_write_text, remove_temp_files
+from kbsync.store.canonical import canonical_json, is_sha256, sha256_hex, utc_now
+from kbsync.store.objects import ObjectStore
+
+MANIFEST_MODE = 0o444
+MIN_PREFIX = 6
+FORMAT_VERSION = 1
+
+
+class Manifest(BaseModel):
+    """One snapshot. Field order is irrelevant: the id hashes canonical (sorted) JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    parent: str | None
+    serial: int = Field(ge=1)
+    created_at: str = Field(default_factory=utc_now)
+    base_model: str
+    editor: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    patch: str | None = None
+    editor_state: str | None = None
+    facts: str
+    facts_hash: str
+    gates: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = None
+    rollback_of: str | None = None
+    ledger_head: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)  # versions, seed, notes
+
+    def canonical(self) -> str:
+        # Python-mode dump: JSON mode would silently turn NaN into null; we refuse NaN.
+        return canonical_json(self.model_dump())
+
+    @property
+    def id(self) -> str:
+        return sha256_hex(self.canonical().encode("utf-8"))
+
+    @property
+    def effective_parent(self) -> str | None:
+        return self.rollback_of or self.parent
+
+    def objects(self) -> dict[str, str]:
+        """Field name -> object id, for every object this manifest names."""
+        named = {"patch": self.patch, "editor_state": self.editor_state, "facts": self.facts}
+        return {field: sha for field, sha in named.items() if sha is not None}
+
+
+class SnapshotStore:
+    """Manifests, HEAD and the object store of one `.kbsync` directory."""
+
+    def __init__(self, kbsync_dir: str | os.PathLike):
+        self.root = Path(kbsync_dir)
+        self.dir = self.root / "snapshots"
+        self.head_path = self.root / "HEAD"
+        self.objects = ObjectStore(self.root)
+
+    # -- manifests -----------------------------------------------------------------------
+    def write(self, manifest: Manifest) -> str:
+        self._check_links(manifest)
+        text = manifest.canonical()
+        sid = sha256_hex(text.encode("utf-8"))
+        path = self._path(sid)
+        if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+            atomic_write_text(path, text, mode=MANIFEST_MODE)
+        return sid
+
+    def read(self, snapshot_id: str) -> Manifest:
+        path = self._path(snapshot_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"snapshot {snapshot_id} is missing ({path})") from None
+        if sha256_hex(data) != snapshot_id:
+            raise IntegrityError(f"snapshot {snapshot_id} was modified: its manifest no longer "
+                                 f"hashes to its id ({path})")
+        try:
+            return Manifest.model_validate_json(data)
+        except ValueError as exc:
+            raise IntegrityError(f"snapshot {snapshot_id} is not a valid manifest: {exc}") from exc
+
+    def exists(self, snapshot_id: str) -> bool:
+        return is_sha256(snapshot_id) and self._path(snapshot_id).is_file()
+
+    def ids(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.json") if is_sha256(p.stem))
+
+    def list(self) -> list[tuple[str, Manifest]]:
+        """Every snapshot, oldest first (by serial, then creation time)."""
+        items = [(sid, self.read(sid)) for sid in self.ids()]
+        return sorted(items, key=lambda item: (item[1].serial, item[1].created_at, item[0]))
+
+    # -- HEAD: the commit point ----------------------------------------------------------
+    def head(self) -> str | None:
+        try:
+            text = self.head_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not is_sha256(text):
+            raise IntegrityError(f"HEAD does not name a snapshot: {text[:80]!r} ({self.head_path})")
+        return text
+
+    def set_head(self, snapshot_id: str) -> None:
+        """Make `snapshot_id` current. Atomic and durable: this is the commit point."""
+        self.read(snapshot_id)  # never point HEAD at a missing or damaged manifest
+        atomic_write_text(self.head_path, snapshot_id + "\n")
+
+    # -- lineage -------------------------------------------------------------------------
+    def chain(self, snapshot_id: str) -> list[Manifest]:
+        """Manifests from the root to `snapshot_id` along effective parents (model lineage)."""
+        return [m for _, m in self._walk(snapshot_id, lambda m: m.effective_parent)]
+
+    def history(self, snapshot_id: str) -> list[tuple[str, Manifest]]:
+        """(id, manifest) from the root to `snapshot_id` along `parent` links (what HEAD was)."""
+        return self._walk(snapshot_id, lambda m: m.parent)
+
+    def patches(self, snapshot_id: str) -> list[str]:
+        """Patch object ids to apply to the base model, in order, to rebuild `snapshot_id`."""
+        return [m.patch for m in self.chain(snapshot_id) if m.patch is not None]
+
+    def editor_state_for(self, snapshot_id: str) -> str | None:
+        """The editor memory in force at `snapshot_id` (latest non-None along its chain)."""
+        for manifest in reversed(self.chain(snapshot_id)):
+            if manifest.editor_state is not None:
+                return manifest.editor_state
+        return None
+
+    def rollback_manifest(self, target: str, **fields: Any) -> Manifest:
+        """A new manifest that moves the model back to `target` (see module doc).
+
+        `fields` may set run_id, ledger_head, gates, meta, created_at. Write it with `write`
+        and commit it with `set_head`."""
+        target = self.resolve(target)
+        old = self.read(target)
+        head = self.head()
+        serial = self.read(head).serial + 1 if head else 1
+        return Manifest(parent=head, serial=serial, base_model=old.base_model, editor=old.editor,
+                        hparams=old.hparams, patch=None,
+                        editor_state=self.editor_state_for(target), facts=old.facts,
+                        facts_hash=old.facts_hash, rollback_of=target, **fields)
+
+    def resolve(self, ref: str) -> str:
+        """Full id for "HEAD", a full id or a unique prefix of at least 6 hex digits."""
+        if ref == "HEAD":
+            head = self.head()
+            if head is None:
+                raise KbsyncError("HEAD names no snapshot yet: nothing has been applied")
+            return head
+        ref = ref.lower()
+        if len(ref) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in ref):
+            raise KbsyncError(f"not a snapshot id: {ref!r}",
+                              hint=f"give at least {MIN_PREFIX} hex digits, or HEAD")
+        matches = [sid for sid in self.ids() if sid.startswith(ref)]
+        if not matches:
+            raise KbsyncError(f"no snapshot matches {ref!r}", hint="`kbsync log` lists snapshots")
+        if len(matches) > 1:
+            raise KbsyncError(f"snapshot id {ref!r} is ambiguous: "
+                              + ", ".join(m[:12] for m in matches), hint="give more digits")
+        return matches[0]
+
+    # -- checks and cleanup --------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """One line per problem; an empty list means the store is intact."""
+        problems: list[str] = []
+        checked: dict[str, str | None] = {}
+        manifests: dict[str, Manifest] = {}
+        for sid in self.ids():
+            try:
+                manifests[sid] = self.read(sid)
+            except IntegrityError as exc:
+                problems.append(exc.message)
+        for sid, manifest in manifests.items():
+            problems += self._verify_links(sid, manifest, manifests)
+            for field, sha in manifest.objects().items():
+                if sha not in checked:
+                    checked[sha] = self._object_problem(sha)
+                if checked[sha]:
+                    problems.append(f"snapshot {sid[:12]} {field}: {checked[sha]}")
+        problems += self._verify_head(manifests)
+        return problems
+
+    def unreferenced_objects(self) -> list[str]:
+        """Objects no manifest names: left by a run killed before its commit point."""
+        referenced = {sha for _, m in self.list() for sha in m.objects().values()}
+        return [sha for sha in self.objects.list() if sha not in referenced]
+
+    def remove_garbage(self, *, unreferenced: bool = False) -> list[str]:
+        """Delete temp files (and unreferenced objects if asked). Only under the project lock,
+        and never while a run of this process has written objects it has not committed yet."""
+        removed = [str(p) for p in remove_temp_files(self.root)]
+        removed += [str(p) for p in remove_temp_files(self.dir)]
+        removed += [str(p) for p in self.objects.remove_garbage()]
+        if unreferenced:
+            for sha in self.unreferenced_objects():
+                self.objects.remove(sha)
+                removed.append(str(self.objects.path(sha)))
+        return removed
+
+    # -- internals -----------------------------------------------------------------------
+    def _path(self, snapshot_id: str) -> Path:
+        if not is_sha256(snapshot_id):
+            raise KbsyncError(f"not a full snapshot id: {snapshot_id!r}")
+        return self.dir / f"{snapshot_id}.json"
+
+    def _walk(self, snapshot_id: str, up: Callable[[Manifest], str | None]) -> list[tuple[str, Manifest]]:
+        path: list[tuple[str, Manifest]] = []
+        seen: set[str] = set()
+        current: str | None = snapshot_id
+        while current is not None:
+            if current in seen:  # impossible with content ids unless files were forged
+                raise IntegrityError(f"snapshot {current} is its own ancestor")
+            seen.add(current)
+            manifest = self.read(current)
+            path.append((current, manifest))
+            current = up(manifest)
+        return path[::-1]
+
+    def _check_links(self, manifest: Manifest) -> None:
+        if manifest.parent is None:
+            if manifest.serial != 1:
+                raise KbsyncError(f"a root snapshot has serial 1, not {manifest.serial}")
+        else:
+            parent = self.read(manifest.parent)
+            if manifest.serial != parent.serial + 1:
+                raise KbsyncError(f"serial {manifest.serial} does not follow parent serial "
+                                  f"{parent.serial}")
+        if manifest.rollback_of is not None:
+            self.read(manifest.rollback_of)
+        for field, sha in manifest.objects().items():
+            if not self.objects.exists(sha):
+                raise IntegrityError(f"manifest {field} names object {sha}, which is not stored",
+                                     hint="write objects before the manifest that names them")
+
+    def _verify_links(self, sid: str, m: Manifest, manifests: dict[str, Manifest]) -> list[str]:
+        problems = []
+        for field in ("parent", "rollback_of"):
+            target = getattr(m, field)
+            if target is not None and target not in manifests:
+                problems.append(f"snapshot {sid[:12]} {field}: snapshot {target} is missing or damaged")
+        if m.parent is None and m.serial != 1:
+            problems.append(f"snapshot {sid[:12]}: root snapshot with serial {m.serial}")
+        if m.parent in manifests and m.serial != manifests[m.parent].serial + 1:
+            problems.append(f"snapshot {sid[:12]}: serial {m.serial} does not follow its parent's")
+        return problems
+
+    def _object_problem(self, sha: str) -> str | None:
+        try:
+            self.objects.get_bytes(sha)
+        except (IntegrityError, KbsyncError) as exc:
+            return exc.message
+        return None
+
+    def _verify_head(self, manifests: dict[str, Manifest]) -> list[str]:
+        try:
+            head = self.head()
+        except IntegrityError as exc:
+            return [exc.message]
+        if head is not None and head not in manifests:
+            return [f"HEAD names snapshot {head}, which is missing or damaged"]
+        return []
