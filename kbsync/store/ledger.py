@@ -55,7 +55,7 @@ from kbsync.store.canonical import NONFINITE_NAMES, canonical_json, sha256_hex, 
 
 GENESIS = "0" * 64
 SCHEMA_VERSION = 1
-EDIT_STATUSES = ("planned", "applied", "known", "rejected", "interrupted")
+EDIT_STATUSES = ("planned", "applied", "known", "rejected", "interrupted", "skipped")
 TERMINAL_EVENTS = ("run_committed", "run_failed", "run_interrupted", "run_recovered")
 
 # Column types: text, int, real, bool (stored 0/1), json (canonical JSON text).

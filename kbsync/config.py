@@ -1,0 +1,106 @@
+"""Project configuration (`kbsync.yaml`): model, editor and its overrides, gates, batching.
+
+Relative paths (`model`, `facts`) are relative to the folder holding kbsync.yaml.
+Errors point at file:line like fact-file errors (same YAML reader).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kbsync.errors import ConfigError, FactsError, KbsyncError
+from kbsync.facts.yaml_io import read_yaml_file, validation_error
+
+__all__ = ["CONFIG_NAME", "Gates", "Config", "load_config", "render_config"]
+
+CONFIG_NAME = "kbsync.yaml"
+
+_MODEL = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Gates(BaseModel):
+    """Thresholds a candidate model must meet before a batch is committed."""
+
+    model_config = _MODEL
+    efficacy_min: float = Field(0.9, ge=0, le=1, description="share of edited facts answered")
+    generalization_min: float = Field(0.5, ge=0, le=1, description="share of paraphrases answered")
+    locality_min: float = Field(0.9, ge=0, le=1,
+                                description="share of unrelated probes whose answer is unchanged")
+    kl_max: float = Field(0.5, ge=0, description="max mean KL on the locality probes' next token")
+    retention_min: float = Field(0.9, ge=0, le=1,
+                                 description="share of earlier committed facts still answered")
+    retention_sample: int = Field(200, ge=0, description="how many earlier facts to re-check")
+    ppl_drift_max: float = Field(0.1, ge=0,
+                                 description="max relative perplexity rise on the reference text")
+
+
+class Config(BaseModel):
+    model_config = _MODEL
+    model: str = Field("default", description='a Hugging Face model folder, or "default" '
+                                              "(SmolLM2-135M-Instruct)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16")
+    editor: str = Field("alphaedit", description="`kbsync editors` lists the choices")
+    hparams: dict[str, Any] = Field(default_factory=dict,
+                                    description="overrides of the editor's hyper-parameters")
+    batch_size: int = Field(10, ge=1, description="edits per batch")
+    facts: str = Field("facts", description="folder (or file) holding the knowledge base")
+    gates: Gates = Field(default_factory=Gates,
+                         description="a batch is committed only if every gate passes")
+    seed: int = Field(0, description="random seed for the editor")
+    allow_pickle: bool = Field(False, description="load pickled (.bin) weights; unsafe, "
+                                                  "safetensors are preferred")
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise KbsyncError(f"no config file at {path}", hint="run `kbsync init` to create one")
+    try:
+        return _parse(path)
+    except FactsError as err:
+        raise ConfigError.from_facts_error(err) from None
+
+
+def _parse(path: Path) -> Config:
+    doc = read_yaml_file(path)
+    if doc.data is None:
+        return Config()
+    if not isinstance(doc.data, dict):
+        raise doc.location(()).error(f"{CONFIG_NAME} must be a mapping of settings",
+                                     hint="see `kbsync init` for an example")
+    try:
+        return Config.model_validate(doc.data)
+    except ValidationError as err:
+        raise validation_error(err, doc, Config) from None
+
+
+def render_config(config: Config) -> str:
+    """kbsync.yaml text for `config`, every setting on its own commented line."""
+    import yaml
+
+    lines = ["# kbsync project configuration; relative paths are relative to this file.",
+             "# Every key is optional; shown here with its current value."]
+    for name, info in Config.model_fields.items():
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            lines.append(_line(f"{name}:", info.description))
+            for sub, sub_info in type(value).model_fields.items():
+                lines.append(_line(f"  {sub}: {_scalar(yaml, getattr(value, sub))}",
+                                   sub_info.description))
+        else:
+            lines.append(_line(f"{name}: {_scalar(yaml, value)}", info.description))
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(yaml: Any, value: Any) -> str:
+    # yaml.safe_dump quotes whatever would be misread (`no`, `1.10`, ...).
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix(
+        "\n...").removesuffix("...").strip()
+
+
+def _line(text: str, comment: str | None) -> str:
+    return f"{text:<32} # {comment}" if comment else text

@@ -1,0 +1,108 @@
+"""Load a knowledge base from a file or a folder of fact files in any supported format.
+
+Files are read in sorted path order, then merged: a relation may be defined in one file
+and used in another; the same fact may appear twice only if both copies are identical.
+All checks run before anything is returned, so a bad file never yields a partial KB.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Callable
+
+from kbsync.errors import FactsError
+from kbsync.facts.rdf_io import RDF_FORMATS, read_rdf
+from kbsync.facts.schema import Fact, KnowledgeBase, Relation
+from kbsync.facts.source import FileContent, Location
+from kbsync.facts.yaml_io import read_yaml_facts
+
+__all__ = ["FACT_SUFFIXES", "is_fact_file", "fact_files", "load_knowledge_base", "merge"]
+
+_READERS: dict[str, Callable[[Path], FileContent]] = {
+    ".yaml": read_yaml_facts, ".yml": read_yaml_facts,
+    **{suffix: read_rdf for suffix in RDF_FORMATS},
+}
+FACT_SUFFIXES = tuple(_READERS)
+
+
+def is_fact_file(path: Path | str) -> bool:
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in _READERS
+
+
+def fact_files(path: Path | str) -> list[Path]:
+    """The fact files under `path` (itself if a file), hidden files and folders skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise FactsError("no such file or directory", file=str(path),
+                         hint="create it, or point `facts:` in kbsync.yaml at your facts folder")
+    if path.is_file():
+        if Path(path.name).suffix.lower() not in _READERS:
+            raise FactsError(f"unsupported fact file type {path.suffix!r}", file=str(path),
+                             hint=f"use one of {', '.join(FACT_SUFFIXES)}")
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file() and is_fact_file(p)
+             and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def load_knowledge_base(path: Path | str) -> KnowledgeBase:
+    contents = [_READERS[Path(f.name).suffix.lower()](f) for f in fact_files(path)]
+    return merge(contents)
+
+
+def merge(contents: list[FileContent]) -> KnowledgeBase:
+    relations: dict[str, tuple[Relation, Location]] = {}
+    for content in contents:
+        for relation, location in content.relations:
+            _add_relation(relations, relation, location)
+    facts: dict[str, tuple[Fact, Location]] = {}
+    for content in contents:
+        for fact, location in content.facts:
+            _check_relation(fact, location, relations)
+            _add_fact(facts, fact, location)
+    return KnowledgeBase(relations={k: r for k, (r, _) in relations.items()},
+                         facts={k: f for k, (f, _) in facts.items()})
+
+
+def _add_relation(seen: dict[str, tuple[Relation, Location]], relation: Relation,
+                  location: Location) -> None:
+    if relation.id not in seen:
+        seen[relation.id] = (relation, location)
+        return
+    first, where = seen[relation.id]
+    if first != relation:
+        raise location.error(
+            f"relation {relation.id} is defined twice with different content "
+            f"(also at {where})", hint="keep one definition, or make both identical")
+
+
+def _check_relation(fact: Fact, location: Location,
+                    relations: dict[str, tuple[Relation, Location]]) -> None:
+    if fact.relation in relations:
+        return
+    close = difflib.get_close_matches(fact.relation, list(relations), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    hint += (f"define it under `relations:` (label and templates), e.g. in relations.yaml"
+             if relations else "no relations are defined: add a `relations:` block "
+             "(e.g. relations.yaml) with a label and templates for it")
+    raise location.of("relation").error(
+        f"fact {fact.key!r} uses unknown relation {fact.relation!r}", hint=hint)
+
+
+def _add_fact(seen: dict[str, tuple[Fact, Location]], fact: Fact, location: Location) -> None:
+    if fact.key not in seen:
+        seen[fact.key] = (fact, location)
+        return
+    first, where = seen[fact.key]
+    if first.object != fact.object:
+        raise location.of("object").error(
+            f"contradiction: {fact.key!r} is {fact.object!r} here but {first.object!r} "
+            f"at {where.of('object')}",
+            hint="a fact key (subject/relation, or id) can have one object; delete one, "
+                 "or give each an explicit `id` if the relation really has several objects")
+    if first != fact:
+        raise location.error(
+            f"fact {fact.key!r} is defined twice with different details (also at {where})",
+            hint="keep one definition, or make both identical")

@@ -1,0 +1,561 @@
+"""RDF fact files (Turtle, N-Triples, JSON-LD) through rdflib: reader and writer.
+
+Mapping (vocabulary `kb:` = https://kbsync.dev/ns#):
+
+* A fact is a triple `S P O` whose predicate is a relation: `S` is an IRI with an
+  `rdfs:label` (the subject text); `O` is an IRI with a label or a literal.
+* Predicates map to relation ids by IRI: Wikidata `wdt:P17` (…/prop/direct/P17) -> P17,
+  `<https://kbsync.dev/relation/ID>` -> ID, or any IRI declaring `kb:relationId "ID"`.
+  So a Turtle file can use relations defined in a YAML file.
+* A relation may be defined in RDF on its predicate: `rdfs:label`, `kb:templates ( … )`
+  (ordered; the first is the main prompt) or `kb:template` (several are sorted).
+* Everything a bare triple cannot say (paraphrases, locality probes, an explicit id,
+  source, validity) goes on a statement node with an IRI, Wikidata-style:
+  `fact:X a kb:Statement ; kb:subject S ; kb:relation P ; kb:object O ;
+  kb:paraphrases ( … ) ; kb:locality ( [ kb:prompt "…" ; kb:answer "…" ] )`.
+* Statements on blank nodes are refused: a fact needs a name to be diffed and audited.
+
+rdflib is imported lazily: the CLI must start fast and YAML-only projects never pay for
+it. JSON-LD is parsed offline: remote `@context`/`@import` references are refused before
+parsing, and an audit hook blocks any network access while rdflib runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import itertools
+import json
+import re
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from urllib.parse import quote, unquote
+
+from pydantic import ValidationError
+
+from kbsync.errors import FactsError
+from kbsync.facts.schema import Fact, KnowledgeBase, LocalityProbe, Relation
+from kbsync.facts.source import FileContent, Location
+
+if TYPE_CHECKING:
+    from rdflib import Graph
+
+__all__ = ["KB_NS", "ENTITY_NS", "FACT_NS", "RELATION_NS", "WIKIDATA_DIRECT", "RDF_FORMATS",
+           "read_rdf", "parse_rdf", "to_graph", "write_rdf", "entity_iri", "predicate_iri"]
+
+KB_NS = "https://kbsync.dev/ns#"
+ENTITY_NS = "https://kbsync.dev/entity/"
+FACT_NS = "https://kbsync.dev/fact/"
+RELATION_NS = "https://kbsync.dev/relation/"
+WIKIDATA_DIRECT = "http://www.wikidata.org/prop/direct/"
+# Most specific first: ".../prop/direct/P17" also starts with ".../prop/".
+_WIKIDATA_PROPS = (WIKIDATA_DIRECT, "http://www.wikidata.org/prop/statement/",
+                   "http://www.wikidata.org/prop/", "http://www.wikidata.org/entity/")
+
+RDF_FORMATS = {".ttl": "turtle", ".nt": "nt", ".jsonld": "json-ld", ".json-ld": "json-ld"}
+_FORMAT_ALIASES = {"turtle": "turtle", "ttl": "turtle", "nt": "nt", "ntriples": "nt",
+                   "n-triples": "nt", "json-ld": "json-ld", "jsonld": "json-ld"}
+_FORMAT_NAMES = {"turtle": "Turtle", "nt": "N-Triples", "json-ld": "JSON-LD"}
+
+# Metadata vocabularies: their triples are never facts.
+_IGNORED_NS = ("http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+               "http://www.w3.org/2000/01/rdf-schema#",
+               "http://www.w3.org/2002/07/owl#",
+               "http://www.w3.org/2004/02/skos/core#",
+               "http://purl.org/dc/terms/", "http://purl.org/dc/elements/1.1/",
+               "http://www.w3.org/ns/prov#")
+_KB_TERMS = {"templates", "template", "relationId", "subject", "relation", "object",
+             "paraphrases", "locality", "prompt", "answer", "id", "source", "validFrom",
+             "validTo"}
+_OPTIONAL_TEXT = {"id": "id", "source": "source", "validFrom": "valid_from",
+                  "validTo": "valid_to"}
+_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
+_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+# ---------------------------------------------------------------- reading
+
+def read_rdf(path: Path | str) -> FileContent:
+    path = Path(path)
+    fmt = RDF_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise FactsError(f"not an RDF file extension: {path.suffix!r}", file=str(path),
+                         hint=f"use one of {', '.join(RDF_FORMATS)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FactsError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=str(path),
+                         hint="save the file as UTF-8") from None
+    except OSError as err:
+        raise FactsError(f"cannot read file: {err.strerror}", file=str(path)) from None
+    return parse_rdf(text, fmt, str(path))
+
+
+def parse_rdf(text: str, fmt: str, file: str = "<rdf>") -> FileContent:
+    fmt = _format(fmt)
+    graph = _parse_graph(text, fmt, file)
+    return _Reader(graph, _Locator(text, file, graph)).content()
+
+
+def _format(fmt: str) -> str:
+    try:
+        return _FORMAT_ALIASES[fmt.lower()]
+    except KeyError:
+        raise ValueError(f"unknown RDF format {fmt!r}; use turtle, nt or json-ld") from None
+
+
+def _parse_graph(text: str, fmt: str, file: str) -> Graph:
+    from rdflib import Graph
+
+    if fmt == "json-ld":
+        _check_json_ld(text, file)
+    graph = Graph()
+    try:
+        with _offline(), warnings.catch_warnings():
+            # rdflib's JSON-LD parser uses its own deprecated ConjunctiveGraph; not ours to fix.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            graph.parse(data=text, format=fmt)
+    except FactsError:
+        raise
+    except Exception as err:  # rdflib raises many types; all mean "cannot parse"
+        raise _parse_error(err, text, fmt, file) from None
+    return graph
+
+
+def _parse_error(err: Exception, text: str, fmt: str, file: str) -> FactsError:
+    name = _FORMAT_NAMES[fmt]
+    line = column = None
+    why = str(err).strip() or type(err).__name__
+    if hasattr(err, "lines") and hasattr(err, "_i"):  # notation3.BadSyntax (Turtle)
+        line = err.lines + 1
+        start = text.rfind("\n", 0, err._i) + 1 if isinstance(err._i, int) else None
+        column = err._i - start + 1 if start is not None else None
+        why = getattr(err, "_why", why)
+    elif fmt == "nt":
+        line = _first_bad_nt_line(text)
+    else:
+        found = re.search(r"line (\d+)", why)
+        line = int(found.group(1)) if found else None
+    return FactsError(f"invalid {name}: {why}", file=file, line=line, column=column,
+                      hint=f"fix the {name} syntax at this position")
+
+
+def _first_bad_nt_line(text: str) -> int | None:
+    # rdflib's N-Triples errors carry no line number; N-Triples is line-based, so retry
+    # line by line (only on the error path).
+    from rdflib import Graph
+
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                Graph().parse(data=line + "\n", format="nt")
+            except Exception:
+                return number
+    return None
+
+
+def _check_json_ld(text: str, file: str) -> None:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FactsError(f"invalid JSON-LD: {err.msg}", file=file, line=err.lineno,
+                         column=err.colno, hint="fix the JSON syntax at this position") from None
+    ref = _remote_reference(data)
+    if ref is not None:
+        raise FactsError(f"JSON-LD refers to an external context {ref!r}; kbsync never "
+                         "fetches contexts", file=file,
+                         hint="inline the context as a JSON object under \"@context\"")
+
+
+def _remote_reference(value: Any) -> str | None:
+    """The first `@context`/`@import` that names a document instead of inlining it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "@import" and isinstance(item, str):
+                return item
+            if key == "@context":
+                for entry in item if isinstance(item, list) else [item]:
+                    if isinstance(entry, str):
+                        return entry
+            found = _remote_reference(item)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _remote_reference(item)
+            if found is not None:
+                return found
+    return None
+
+
+_guard = threading.local()
+_hook_installed = False
+_NETWORK_EVENTS = {"urllib.Request", "socket.connect", "socket.getaddrinfo",
+                   "http.client.connect"}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event in _NETWORK_EVENTS and getattr(_guard, "offline", False):
+        raise FactsError(f"network access blocked while parsing RDF ({event} {args[:1]!r})",
+                         hint="fact files must be self-contained")
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Refuse network access from this thread while rdflib parses."""
+    global _hook_installed
+    if not _hook_installed:  # audit hooks cannot be removed; one cheap hook, a flag per thread
+        sys.addaudithook(_audit)
+        _hook_installed = True
+    _guard.offline = True
+    try:
+        yield
+    finally:
+        _guard.offline = False
+
+
+# Written names of terms: <iri>, "quoted" (JSON-LD), prefix:local. Literals are matched
+# as a whole so that a colon inside a string is not taken for a prefixed name.
+_TOKEN = re.compile(r'<[^<>"\s]*>|"(?:[^"\\\n]|\\.)*"|[A-Za-z][\w\-.]*:[^\s;,()\[\]{}"\'<>]*'
+                    r'|:[^\s;,()\[\]{}"\'<>]+')
+
+
+class _Locator:
+    """Best-effort file:line for RDF terms: rdflib keeps no positions, so the text is
+    indexed once by the names written in it, and terms are looked up by their forms."""
+
+    def __init__(self, text: str, file: str, graph: Graph):
+        self.file = file
+        self.namespaces = [(p, str(ns)) for p, ns in graph.namespaces()]
+        self.index: dict[str, list[tuple[int, int]]] = {}
+        for number, line in enumerate(text.splitlines()):
+            for match in _TOKEN.finditer(line):
+                token = match.group()
+                if not token.startswith(("<", '"')):
+                    token = token.rstrip(".")  # "ex:a." ends a statement
+                self.index.setdefault(token, []).append((number, match.start()))
+
+    def forms(self, term: Any) -> list[str]:
+        from rdflib import URIRef
+
+        if not isinstance(term, URIRef):
+            return []
+        iri = str(term)
+        names = [f"{p}:{iri[len(ns):]}" for p, ns in self.namespaces
+                 if ns and iri.startswith(ns) and len(iri) > len(ns)]
+        return [f"<{iri}>", f'"{iri}"', *names, *(f'"{name}"' for name in names)]
+
+    def find(self, *terms: Any) -> Location:
+        """Where the first term is written, then the next term at or after it, and so on
+        (subject, then predicate: the line of a triple)."""
+        start, found = (0, 0), None
+        for term in terms:
+            positions = [pos for form in self.forms(term)
+                         for pos in self.index.get(form, ()) if pos >= start]
+            if not self.forms(term):  # blank nodes and literals have no written name
+                continue
+            if not positions:
+                break
+            found = start = min(positions)
+        if found is None:
+            return Location(self.file)
+        return Location(self.file, found[0] + 1, found[1] + 1)
+
+
+class _Reader:
+    def __init__(self, graph: Graph, where: _Locator):
+        from rdflib import Namespace
+
+        self.g, self.where = graph, where
+        self.kb = Namespace(KB_NS)
+
+    def content(self) -> FileContent:
+        content = FileContent()
+        self._check_vocabulary()
+        content.relations = self._relations()
+        statements = self._statements()
+        covered = {(s, p, o) for _, _, (s, p, o) in statements}
+        for s, p, o in sorted(self.g, key=lambda t: tuple(map(str, t))):
+            if not self._is_fact_predicate(p) or (s, p, o) in covered:
+                continue
+            location = self.where.find(s, p)
+            self._check_named(s, o, location)
+            fact = _build(Fact, location, subject=self._label(s), relation=self._relation_id(p),
+                          object=self._object_text(o))
+            content.facts.append((fact, location))
+        content.facts += [(fact, location) for fact, location, _ in statements]
+        return content
+
+    # -- vocabulary ----------------------------------------------------------------
+
+    def _check_vocabulary(self) -> None:
+        for p in sorted(set(self.g.predicates()), key=str):
+            if str(p).startswith(KB_NS) and str(p)[len(KB_NS):] not in _KB_TERMS:
+                term = str(p)[len(KB_NS):]
+                close = difflib.get_close_matches(term, sorted(_KB_TERMS), n=1)
+                raise self.where.find(p).error(
+                    f"unknown kbsync term kb:{term}",
+                    hint=(f"did you mean kb:{close[0]}? " if close else "")
+                    + f"known terms: {', '.join(sorted(_KB_TERMS))}")
+
+    def _is_fact_predicate(self, p: Any) -> bool:
+        iri = str(p)
+        return not iri.startswith(KB_NS) and not iri.startswith(_IGNORED_NS)
+
+    def _relation_id(self, p: Any) -> str:
+        iri = str(p)
+        for ns in _WIKIDATA_PROPS:
+            if iri.startswith(ns) and re.fullmatch(r"P\d+", iri[len(ns):]):
+                return iri[len(ns):]
+        if iri.startswith(RELATION_NS) and len(iri) > len(RELATION_NS):
+            return unquote(iri[len(RELATION_NS):])
+        ids = sorted({str(x).strip() for x in self.g.objects(p, self.kb.relationId)})
+        if len(ids) == 1:
+            return ids[0]
+        location = self.where.find(p)
+        if len(ids) > 1:
+            raise location.error(f"predicate <{iri}> has several kb:relationId values: {ids}")
+        raise location.error(
+            f"predicate <{iri}> is not mapped to a relation",
+            hint="use a Wikidata property IRI (wdt:P17), <https://kbsync.dev/relation/ID>, "
+                 f"or declare <{iri}> kb:relationId \"ID\"")
+
+    # -- relations -----------------------------------------------------------------
+
+    def _relations(self) -> list[tuple[Relation, Location]]:
+        nodes = set(self.g.subjects(self.kb.templates)) | set(self.g.subjects(self.kb.template))
+        nodes |= {s for s, o in self.g.subject_objects(_uri(_TYPE)) if o == self.kb.Relation}
+        result = []
+        for node in sorted(nodes, key=str):
+            location = self.where.find(node)
+            self._check_named(node, None, location, what="relation")
+            templates = self._list(node, self.kb.templates, location)
+            if templates is None:
+                templates = sorted(str(t) for t in self.g.objects(node, self.kb.template))
+            relation = _build(Relation, location, id=self._relation_id(node),
+                              label=self._label(node), templates=[str(t) for t in templates])
+            result.append((relation, location))
+        return result
+
+    # -- statement nodes -------------------------------------------------------------
+
+    def _statements(self) -> list[tuple[Fact, Location, tuple]]:
+        nodes = set(self.g.subjects(self.kb.subject))
+        nodes |= {s for s, o in self.g.subject_objects(_uri(_TYPE)) if o == self.kb.Statement}
+        result = []
+        for node in sorted(nodes, key=str):
+            location = self.where.find(node)
+            self._check_named(node, None, location, what="statement")
+            s = self._one(node, "subject", location)
+            p = self._one(node, "relation", location)
+            o = self._one(node, "object", location)
+            self._check_named(s, o, location)
+            extra = {field: self._text(node, term, location)
+                     for term, field in _OPTIONAL_TEXT.items()}
+            fact = _build(Fact, location, subject=self._label(s), relation=self._relation_id(p),
+                          object=self._object_text(o),
+                          paraphrases=[str(x) for x in self._list(node, self.kb.paraphrases,
+                                                                   location) or []],
+                          locality=[self._probe(x, location)
+                                    for x in self._list(node, self.kb.locality, location) or []],
+                          **{k: v for k, v in extra.items() if v is not None})
+            result.append((fact, location, (s, p, o)))
+        return result
+
+    def _probe(self, node: Any, location: Location) -> LocalityProbe:
+        return _build(LocalityProbe, location, prompt=self._text(node, "prompt", location, True),
+                      answer=self._text(node, "answer", location, True))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _check_named(self, s: Any, o: Any, location: Location, what: str = "statement") -> None:
+        from rdflib import BNode
+
+        if isinstance(s, BNode) or isinstance(o, BNode):
+            raise location.error(
+                f"blank-node {what}: kbsync needs an IRI for every "
+                f"{'subject and object' if what == 'statement' and o is not None else what}",
+                hint="name the node with an IRI (e.g. <https://kbsync.dev/entity/Name>) and "
+                     "give it an rdfs:label")
+
+    def _one(self, node: Any, term: str, location: Location) -> Any:
+        values = list(self.g.objects(node, self.kb[term]))
+        if len(values) != 1:
+            raise location.error(f"statement {_short(node)} needs exactly one kb:{term} "
+                                 f"(found {len(values)})")
+        return values[0]
+
+    def _text(self, node: Any, term: str, location: Location, required: bool = False
+              ) -> str | None:
+        from rdflib import Literal
+
+        values = list(self.g.objects(node, self.kb[term]))
+        if not values and not required:
+            return None
+        if len(values) != 1 or not isinstance(values[0], Literal):
+            raise location.error(f"{_short(node)} needs exactly one literal kb:{term} "
+                                 f"(found {len(values)})")
+        return str(values[0])
+
+    def _list(self, node: Any, predicate: Any, location: Location) -> list | None:
+        from rdflib import RDF
+        from rdflib.collection import Collection
+
+        heads = list(self.g.objects(node, predicate))
+        if not heads:
+            return None
+        if len(heads) > 1:
+            raise location.error(f"{_short(node)} has {len(heads)} {_short(predicate)} lists",
+                                 hint="merge them into one ( … ) list")
+        if heads[0] != RDF.nil and self.g.value(heads[0], RDF.first) is None:
+            raise location.error(f"{_short(predicate)} of {_short(node)} must be an RDF list",
+                                 hint='write it as ( "a" "b" )')
+        return list(Collection(self.g, heads[0]))
+
+    def _label(self, node: Any) -> str:
+        from rdflib import Literal
+
+        labels = [o for o in self.g.objects(node, _uri(_LABEL)) if isinstance(o, Literal)]
+        plain = sorted({str(o) for o in labels if not o.language})
+        english = sorted({str(o) for o in labels if (o.language or "").lower().startswith("en")})
+        chosen = plain or english
+        if not chosen:
+            raise self.where.find(node).error(f"<{node}> has no rdfs:label" + (
+                " in English or without language tag" if labels else ""),
+                hint=f'add <{node}> rdfs:label "Name" — kbsync uses labels as subject '
+                     "and object text")
+        if len(chosen) > 1:
+            raise self.where.find(node).error(f"<{node}> has {len(chosen)} labels {chosen}; kbsync needs one",
+                                 hint="keep one rdfs:label (others may carry language tags)")
+        return chosen[0]
+
+    def _object_text(self, o: Any) -> str:
+        from rdflib import Literal
+
+        return str(o) if isinstance(o, Literal) else self._label(o)
+
+
+def _build(model: type, location: Location, **fields: Any) -> Any:
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__
+        raise location.error(f"{model.__name__.lower()} {where}: "
+                             f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _short(term: Any) -> str:
+    iri = str(term)
+    if iri.startswith(KB_NS):
+        return "kb:" + iri[len(KB_NS):]
+    return f"<{iri}>"
+
+
+def _uri(iri: str) -> Any:
+    from rdflib import URIRef
+
+    return URIRef(iri)
+
+
+# ---------------------------------------------------------------- writing
+
+def entity_iri(label: str) -> str:
+    """A readable, reversible IRI for a label: spaces become "_", "_" itself is escaped."""
+    return ENTITY_NS + _encode(label)
+
+
+def predicate_iri(relation_id: str) -> str:
+    if re.fullmatch(r"P\d+", relation_id):
+        return WIKIDATA_DIRECT + relation_id
+    return RELATION_NS + quote(relation_id, safe="")
+
+
+def _encode(text: str) -> str:
+    return quote(text, safe=" ").replace("_", "%5F").replace(" ", "_")
+
+
+def to_graph(kb: KnowledgeBase, *, include_relations: bool = True,
+             facts: Iterable[Fact] | None = None) -> Graph:
+    """The knowledge base as an RDF graph (blank nodes only inside lists, named in order
+    so the output is byte-stable)."""
+    from rdflib import RDF, RDFS, BNode, Graph, Literal, Namespace, URIRef
+
+    kbv = Namespace(KB_NS)
+    g = Graph(bind_namespaces="none")
+    for prefix, ns in (("rdf", str(RDF)), ("rdfs", str(RDFS)), ("kb", KB_NS),
+                       ("wdt", WIKIDATA_DIRECT), ("rel", RELATION_NS), ("ent", ENTITY_NS),
+                       ("fact", FACT_NS)):
+        g.bind(prefix, Namespace(ns))
+    counter = itertools.count()
+
+    def add_list(node: Any, predicate: Any, items: list) -> None:
+        if not items:
+            return
+        cells = [BNode(f"b{next(counter)}") for _ in items]
+        for i, (cell, item) in enumerate(zip(cells, items)):
+            g.add((cell, RDF.first, item))
+            g.add((cell, RDF.rest, cells[i + 1] if i + 1 < len(cells) else RDF.nil))
+        g.add((node, predicate, cells[0]))
+
+    if include_relations:
+        for relation in sorted(kb.relations.values(), key=lambda r: r.id):
+            p = URIRef(predicate_iri(relation.id))
+            g.add((p, RDF.type, kbv.Relation))
+            g.add((p, RDFS.label, Literal(relation.label)))
+            add_list(p, kbv.templates, [Literal(t) for t in relation.templates])
+    chosen = kb.facts.values() if facts is None else facts
+    for fact in sorted(chosen, key=lambda f: f.key):
+        s, o = URIRef(entity_iri(fact.subject)), URIRef(entity_iri(fact.object))
+        p = URIRef(predicate_iri(fact.relation))
+        g.add((s, RDFS.label, Literal(fact.subject)))
+        g.add((o, RDFS.label, Literal(fact.object)))
+        g.add((s, p, o))
+        if not _needs_statement(fact):
+            continue
+        node = URIRef(FACT_NS + _encode(fact.key))
+        g.add((node, RDF.type, kbv.Statement))
+        g.add((node, kbv.subject, s))
+        g.add((node, kbv.relation, p))
+        g.add((node, kbv.object, o))
+        add_list(node, kbv.paraphrases, [Literal(x) for x in fact.paraphrases])
+        probes = []
+        for probe in fact.locality:
+            cell = BNode(f"b{next(counter)}")
+            g.add((cell, kbv.prompt, Literal(probe.prompt)))
+            g.add((cell, kbv.answer, Literal(probe.answer)))
+            probes.append(cell)
+        add_list(node, kbv.locality, probes)
+        for term, field in _OPTIONAL_TEXT.items():
+            if getattr(fact, field) is not None:
+                g.add((node, kbv[term], Literal(getattr(fact, field))))
+    return g
+
+
+def _needs_statement(fact: Fact) -> bool:
+    return bool(fact.paraphrases or fact.locality) or any(
+        getattr(fact, field) is not None for field in _OPTIONAL_TEXT.values())
+
+
+def write_rdf(kb: KnowledgeBase, fmt: str = "turtle", *, include_relations: bool = True,
+              facts: Iterable[Fact] | None = None, header: str | None = None) -> str:
+    """Serialize to Turtle, N-Triples or JSON-LD (with an inline context)."""
+    fmt = _format(fmt)
+    g = to_graph(kb, include_relations=include_relations, facts=facts)
+    if fmt == "nt":
+        text = "".join(sorted(g.serialize(format="nt").splitlines(keepends=True)))
+    elif fmt == "json-ld":
+        context = {prefix: str(ns) for prefix, ns in g.namespaces()}
+        doc = json.loads(g.serialize(format="json-ld", context=context, auto_compact=True))
+        # rdflib's node order follows set iteration (hash seed); sort it for stable files.
+        if isinstance(doc, dict) and isinstance(doc.get("@graph"), list):
+            doc["@graph"].sort(key=lambda node: str(node.get("@id", "")))
+        text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    else:
+        text = g.serialize(format="turtle")
+    if header and fmt != "json-ld":  # JSON has no comments
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + "\n" + text
+    return text

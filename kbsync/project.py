@@ -1,0 +1,120 @@
+"""A kbsync project: a folder with kbsync.yaml, a facts folder and the `.kbsync/` store.
+
+Library entry points the CLI calls: `find_project`, `init_project`, `compute_plan`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import kbsync
+from kbsync.config import CONFIG_NAME, Config, load_config, render_config
+from kbsync.errors import KbsyncError
+
+__all__ = ["STORE_DIR", "Project", "find_project", "init_project", "compute_plan",
+           "demo_facts_dir"]
+
+STORE_DIR = ".kbsync"
+
+
+@dataclass
+class Project:
+    root: Path
+    _config: Config | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def kbsync_dir(self) -> Path:
+        return self.root / STORE_DIR
+
+    @cached_property
+    def config(self) -> Config:
+        return self._config if self._config is not None else load_config(self.config_path)
+
+    @property
+    def facts_dir(self) -> Path:
+        return self.resolve(self.config.facts)
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """A path from the config: relative ones are relative to the project root."""
+        return (self.root / Path(path).expanduser()).resolve()
+
+    def relative(self, path: Path) -> str:
+        """`path` as the config would write it: relative to the root when inside it."""
+        path = Path(path).resolve()
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+
+def find_project(start: Path | str) -> Project:
+    """The project whose kbsync.yaml is in `start` or the nearest folder above it."""
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return Project(folder)
+    raise KbsyncError(f"not a kbsync project: no {CONFIG_NAME} in {start} or any folder above",
+                      hint="run `kbsync init` to create one, or pass -C DIR")
+
+
+def demo_facts_dir() -> Path:
+    """The example knowledge base shipped with the source tree (facts/demo/)."""
+    return Path(kbsync.__file__).resolve().parents[1] / "facts" / "demo"
+
+
+def init_project(directory: Path | str, model: str = "default",
+                 editor: str = "alphaedit") -> Project:
+    """Create kbsync.yaml, facts/ (the demo knowledge base) and .kbsync/ in `directory`.
+
+    Refuses to touch an existing project or a non-empty facts folder; checks everything
+    before writing anything."""
+    root = Path(directory).resolve()
+    if root.exists() and not root.is_dir():
+        raise KbsyncError(f"{root} exists and is not a folder")
+    for existing in (root / CONFIG_NAME, root / STORE_DIR):
+        if existing.exists():
+            raise KbsyncError(f"{root} is already a kbsync project ({existing.name} exists)",
+                              hint="kbsync init never overwrites a project; use another folder")
+    config = Config(model=model, editor=editor)
+    project = Project(root, config)
+    facts = project.facts_dir
+    if facts.exists() and (not facts.is_dir() or any(facts.iterdir())):
+        raise KbsyncError(f"{facts} already exists and is not empty",
+                          hint="kbsync init does not overwrite facts; use another folder")
+    demo = demo_facts_dir()
+    if not demo.is_dir():
+        raise KbsyncError(f"demo knowledge base not found at {demo}",
+                          hint="kbsync init copies it from a source checkout of kbsync")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(demo, facts, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    project.kbsync_dir.mkdir()
+    project.config_path.write_text(render_config(config), encoding="utf-8")
+    return project
+
+
+def compute_plan(project: Project, from_rev: str | None = None):
+    """Diff the desired facts against the applied state (or, with `from_rev`, against the
+    facts at that git revision). Returns a kbsync.plan.Plan; changes nothing."""
+    from kbsync.facts.load import load_knowledge_base
+    from kbsync.plan.diff import diff
+    from kbsync.plan.gitrev import facts_at_revision, git_info
+    from kbsync.plan.plan import Plan
+    from kbsync.store.state import read_applied_state
+
+    facts_dir = project.facts_dir
+    desired = load_knowledge_base(facts_dir)
+    state = read_applied_state(project.kbsync_dir)
+    applied = state.kb if from_rev is None else facts_at_revision(facts_dir, from_rev)
+    return Plan(requests=diff(applied, desired), base_serial=state.serial,
+                base_snapshot=state.snapshot_id, facts_hash=desired.content_hash(),
+                facts_dir=project.relative(facts_dir), git=git_info(facts_dir),
+                from_rev=from_rev)
