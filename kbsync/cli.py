@@ -186,5 +186,7 @@ def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
         sys.exit(EXIT_CHANGES)
 
 
+from kbsync import cli_model  # noqa: E402,F401  (registers apply, log, show, ... on main)
+
 if __name__ == "__main__":  # `python -m kbsync.cli`
     main()

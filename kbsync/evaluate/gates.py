@@ -1,0 +1,89 @@
+"""Gates: a candidate model (parent + patch) is measured against its parent before a batch
+is committed. Every gate is a (metric, value, threshold, passed) row for the ledger.
+
+  efficacy        share of the batch's facts whose object is the top-1 answer (teacher forced)
+  generalization  the same on the other templates of the relation and the fact's paraphrases
+  locality        share of probes (the facts' locality probes, a fixed sample of unrelated
+                  facts, fixed general prompts) whose top-1 next token is unchanged
+  locality_kl     mean KL(parent ‖ candidate) of those probes' next-token distributions
+  retention       share of earlier facts the parent answered that the candidate still answers
+  ppl_drift       perplexity on a reference text, relative to the base model, minus 1
+  finite          every edited weight is finite
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kbsync.lm.score import next_token_logprobs, perplexity, target_nll
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "threshold": self.threshold,
+                "passed": self.passed}
+
+
+@dataclass
+class Probes:
+    """What a batch is checked on; prompts are rendered strings."""
+    edit_prompts: list[str]
+    edit_targets: list[str]
+    para_prompts: list[str]
+    para_targets: list[str]
+    locality_prompts: list[str]
+    retention_prompts: list[str]
+    retention_targets: list[str]
+
+
+def answered(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
+    if not prompts:
+        return torch.zeros(0, dtype=torch.bool)
+    return target_nll(lm, prompts, targets)[1]
+
+
+def parent_reference(lm, probes: Probes) -> dict:
+    """What the parent says on the probes, measured once per batch before editing."""
+    return {"locality": next_token_logprobs(lm, probes.locality_prompts) if probes.locality_prompts
+            else None,
+            "retention": answered(lm, probes.retention_prompts, probes.retention_targets)}
+
+
+def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: list[str],
+          edited_weights: list[torch.Tensor]) -> list[GateCheck]:
+    def share(flags: torch.Tensor) -> float:
+        return float(flags.float().mean()) if len(flags) else 1.0
+
+    checks = [
+        GateCheck("finite", float(all(bool(torch.isfinite(w).all()) for w in edited_weights)),
+                  1.0, all(bool(torch.isfinite(w).all()) for w in edited_weights)),
+    ]
+    if not checks[0].passed:
+        return checks
+    eff = share(answered(lm, probes.edit_prompts, probes.edit_targets))
+    gen = share(answered(lm, probes.para_prompts, probes.para_targets))
+    checks += [GateCheck("efficacy", eff, gates.efficacy_min, eff >= gates.efficacy_min),
+               GateCheck("generalization", gen, gates.generalization_min,
+                         gen >= gates.generalization_min)]
+    if parent["locality"] is not None:
+        now = next_token_logprobs(lm, probes.locality_prompts)
+        same = share(now.argmax(-1) == parent["locality"].argmax(-1))
+        kl = float((parent["locality"].exp() * (parent["locality"] - now)).sum(-1).mean())
+        checks += [GateCheck("locality", same, gates.locality_min, same >= gates.locality_min),
+                   GateCheck("locality_kl", kl, gates.kl_max, kl <= gates.kl_max)]
+    known_before = parent["retention"]
+    if known_before.any():
+        kept = answered(lm, probes.retention_prompts, probes.retention_targets)[known_before]
+        ret = share(kept)
+        checks.append(GateCheck("retention", ret, gates.retention_min, ret >= gates.retention_min))
+    drift = perplexity(lm, reference) / base_ppl - 1.0
+    checks.append(GateCheck("ppl_drift", drift, gates.ppl_drift_max, drift <= gates.ppl_drift_max))
+    return checks

@@ -1,0 +1,45 @@
+"""Editing metrics, each computed on the model as it is now.
+
+CounterFact (ROME/MEMIT definitions, probability comparisons on mean token NLL):
+  efficacy / generalization: share of rewrite / paraphrase prompts with P(new) > P(true);
+  neighborhood_score: share of neighbour prompts with P(true) > P(new).
+zsRE (MEMIT-family): efficacy / generalization = teacher-forced token accuracy of the new
+  answer; neighborhood_score = token accuracy of the neighbour's gold answer.
+Both: locality = agreement of the neighbour prompts' top-1 next token with the unedited
+  model (1.0 = untouched); exact_match = greedy decoding starts with the whole new object.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kbsync.lm.score import answers_match, greedy, next_token_logprobs, target_nll, token_accuracy
+
+
+def prefers(lm, prompts, better, worse) -> torch.Tensor:
+    a, _ = target_nll(lm, prompts, better)
+    b, _ = target_nll(lm, prompts, worse)
+    return (a < b).float()
+
+
+def snapshot_scores(lm, cases, dataset: str) -> dict:
+    """Scores of every case, plus the raw top-1 of neighbour prompts for locality."""
+    rewrite = [c.rewrite for c in cases]
+    para = [c.paraphrase for c in cases]
+    nbr = [c.neighbour for c in cases]
+    new = [c.spec.target for c in cases]
+    if dataset == "counterfact":
+        true = [c.true for c in cases]
+        eff, gen = prefers(lm, rewrite, new, true), prefers(lm, para, new, true)
+        nbr_score = prefers(lm, nbr, true, new)
+    else:
+        eff, gen = token_accuracy(lm, rewrite, new), token_accuracy(lm, para, new)
+        nbr_score = token_accuracy(lm, nbr, [c.neighbour_answer for c in cases])
+    return {"efficacy": float(eff.mean()), "generalization": float(gen.mean()),
+            "neighborhood_score": float(nbr_score.mean()),
+            "neighbour_top1": next_token_logprobs(lm, nbr).argmax(-1)}
+
+
+def exact_match(lm, cases) -> float:
+    answers = greedy(lm, [c.rewrite for c in cases], max_new_tokens=8)
+    return sum(answers_match(a, c.spec.target) for a, c in zip(answers, cases)) / len(cases)

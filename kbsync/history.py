@@ -1,0 +1,111 @@
+"""Reading and moving through what was applied: log, show, audit, ask, rollback, export.
+Each is a library function; the CLI only prints what they return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbsync.errors import IntegrityError, KbsyncError
+from kbsync.store.ledger import Ledger
+from kbsync.store.lock import ProjectLock
+from kbsync.store.objects import ObjectStore
+from kbsync.store.snapshots import SnapshotStore
+
+
+def _ledger(project) -> Ledger:
+    return Ledger(project.kbsync_dir / "ledger.db")
+
+
+def log(project) -> list[dict]:
+    """Runs and snapshots, newest first."""
+    snapshots = SnapshotStore(project.kbsync_dir)
+    head = snapshots.head()
+    entries = [{"kind": "snapshot", "id": sid, "serial": m.serial, "created_at": m.created_at,
+                "parent": m.parent, "rollback_of": m.rollback_of, "run_id": m.run_id,
+                "editor": m.editor, "head": sid == head}
+               for sid, m in snapshots.list()]
+    with _ledger(project) as ledger:
+        entries += [{"kind": "run", "id": r["run_id"], "created_at": r["started_at"],
+                     "command": r["command"], "outcome": r.get("outcome"),
+                     "editor": r.get("editor")} for r in ledger.runs()]
+    return sorted(entries, key=lambda e: (e["created_at"], e.get("serial", 0)), reverse=True)
+
+
+def show(project, ref: str) -> dict:
+    """One snapshot (manifest) or one run (with its edits, gate checks and events)."""
+    snapshots = SnapshotStore(project.kbsync_dir)
+    try:
+        sid = snapshots.resolve(ref)
+    except KbsyncError:
+        sid = None
+    if sid is not None:
+        return {"kind": "snapshot", "id": sid, **snapshots.read(sid).model_dump()}
+    with _ledger(project) as ledger:
+        return {"kind": "run", **ledger.run(ref)}
+
+
+def audit_verify(project) -> list[str]:
+    """Every problem found: the ledger's hash chain, every manifest and object. Empty = clean."""
+    snapshots = SnapshotStore(project.kbsync_dir)
+    problems = snapshots.verify() + ObjectStore(project.kbsync_dir).verify_all()
+    anchors = {}
+    for sid, manifest in snapshots.list():
+        if manifest.ledger_head:
+            anchors[sid] = manifest.ledger_head
+    with _ledger(project) as ledger:
+        problems += ledger.verify(anchors)
+    return problems
+
+
+def require_clean(project) -> None:
+    problems = audit_verify(project)
+    if problems:
+        raise IntegrityError(f"audit failed: {problems[0]}" +
+                             (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def ask(project, prompt: str, snapshot: str | None = None, max_new_tokens: int = 12) -> dict:
+    from kbsync.editing.rebuild import load_at
+    from kbsync.lm.score import greedy
+
+    snapshots = SnapshotStore(project.kbsync_dir)
+    sid = snapshots.resolve(snapshot) if snapshot else snapshots.head()
+    lm, _ = load_at(project, sid, with_editor=False)
+    return {"prompt": prompt, "snapshot": sid, "answer": greedy(lm, [prompt], max_new_tokens)[0]}
+
+
+def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
+    """Move HEAD (and the applied facts) back to the state of snapshot `ref`, as a new
+    snapshot; history is never rewritten."""
+    with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation="rollback"):
+        snapshots = SnapshotStore(project.kbsync_dir)
+        target = snapshots.resolve(ref)
+        previous = snapshots.head()
+        with _ledger(project) as ledger:
+            run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
+            manifest = snapshots.rollback_manifest(target, run_id=run_id,
+                                                   ledger_head=ledger.head_hash())
+            sid = snapshots.write(manifest)
+            snapshots.set_head(sid)                         # the commit point
+            with ledger.transaction():
+                ledger.record_snapshot(sid, run_id, previous, manifest.serial, rollback_of=target)
+                ledger.event(run_id, "rollback", target=target, snapshot=sid)
+                ledger.event(run_id, "run_committed", snapshot=sid)
+    return {"snapshot": sid, "rollback_of": target, "previous": previous}
+
+
+def export(project, directory: Path | str, ref: str | None = None) -> dict:
+    """A standard HF model directory (safetensors) with the snapshot's edits baked in."""
+    from kbsync.editing.rebuild import load_at
+
+    snapshots = SnapshotStore(project.kbsync_dir)
+    sid = snapshots.resolve(ref) if ref else snapshots.head()
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise KbsyncError(f"{directory} is not empty", hint="export into a new folder")
+    lm, _ = load_at(project, sid, with_editor=False)
+    lm.model.save_pretrained(directory, safe_serialization=True)
+    lm.tokenizer.save_pretrained(directory)
+    (directory / "kbsync.json").write_text(
+        '{"snapshot": "%s", "base_model": "%s"}\n' % (sid, lm.fingerprint))
+    return {"snapshot": sid, "directory": str(directory)}
