@@ -11,6 +11,7 @@ import torch
 
 from kbsync.lm.load import LoadedModel, weights_fingerprint
 
+HEAD_SCALE = 25.0
 FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama", "qwen2", "mistral")
 
 
@@ -34,7 +35,8 @@ def tiny_tokenizer(vocab_size: int = 600):
 def tiny_config(family: str, vocab_size: int, layers: int = 4, width: int = 64):
     from transformers import AutoConfig
 
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0)
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0,
+                  tie_word_embeddings=False)
     kwargs = {
         "gpt2": dict(n_embd=width, n_layer=layers, n_head=4, n_positions=256),
         "gptj": dict(n_embd=width, n_layer=layers, n_head=4, n_positions=256, rotary_dim=8),
@@ -53,13 +55,22 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4) -> LoadedModel:
     torch.manual_seed(seed)
     config = tiny_config(family, len(tokenizer), layers)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # a random head of std 0.02 cannot make any token likely; a trained model's can
+        model.get_output_embeddings().weight.mul_(HEAD_SCALE)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, Path("."), weights_fingerprint(model))
 
 
-# hyperparameters that fit a 4-layer, 64-wide random model (DESIGN.md §9: tiny models)
+# hyperparameters that fit a 4-layer, 64-wide random model (DESIGN.md §9: tiny models).
+# Measured on all six families: a single-token edit becomes top-1 with these. Random
+# keys are nearly isotropic, so AlphaEdit needs a high relative threshold and a small α
+# (its keys are ~100x smaller than a trained model's).
 TINY_HPARAMS = dict(layers=[1, 2], steps=40, lr=0.5, clamp=4.0, kl_factor=0.0,
                     weight_decay=0.0, contexts=2, context_length=4, stats_tokens=4000,
-                    mom2_weight=10.0, l2=1.0, nullspace_threshold=0.002, early_stop=True,
+                    mom2_weight=100.0, l2=1e-3, nullspace_threshold=0.2, early_stop=True,
                     early_stop_k=2)
+# targets that are one token of the tiny vocabulary: a random model cannot steer the
+# tokens after the first
+TINY_TARGETS = ("American", "British", "football", "University", "played", "New")
