@@ -243,15 +243,17 @@ class Scheduler:
         keys = {w.request.fact_key for w in batch}
         para = [(p, w.spec.target) for w in batch for p in w.spec.paraphrases]
         local = [p.prompt for w in batch if w.fact for p in w.fact.locality]
-        others = sorted(k for k in self.applied.facts if k not in keys)
+        # earlier facts: the applied state plus what this run found known or committed
+        kb = self._next_applied()
+        others = sorted(k for k in kb.facts if k not in keys)
         rng = random.Random(self.cfg.seed)
         unrelated = rng.sample(others, min(UNRELATED_SAMPLE, len(others)))
-        local += [self.applied.prompts(k)[0] for k in unrelated] + list(GENERAL_PROMPTS)
+        local += [kb.prompts(k)[0] for k in unrelated] + list(GENERAL_PROMPTS)
         retained = rng.sample(others, min(self.cfg.gates.retention_sample, len(others)))
         return Probes([w.spec.text for w in batch], [w.spec.target for w in batch],
                       [p for p, _ in para], [t for _, t in para], local,
-                      [self.applied.prompts(k)[0] for k in retained],
-                      [self.applied.facts[k].object for k in retained])
+                      [kb.prompts(k)[0] for k in retained],
+                      [kb.facts[k].object for k in retained])
 
     def commit_or_bisect(self, batch: list[Work]) -> None:
         self.batch_no += 1

@@ -150,7 +150,7 @@ def ask(env: Env, prompt: str, snapshot: str | None, max_new_tokens: int, as_jso
     from kbsync.history import ask as run_ask
 
     result = run_ask(env.project(), prompt, snapshot, max_new_tokens)
-    echo_json(result) if as_json else click.echo(f"{prompt}{result['answer']}")
+    echo_json(result) if as_json else click.echo(f"{prompt}{result['answer'].splitlines()[0]}")
 
 
 @main.command()

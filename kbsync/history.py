@@ -49,9 +49,13 @@ def audit_verify(project) -> list[str]:
     snapshots = SnapshotStore(project.kbsync_dir)
     problems = snapshots.verify() + ObjectStore(project.kbsync_dir).verify_all()
     anchors = {}
-    for sid, manifest in snapshots.list():
+    for sid in snapshots.ids():
+        try:
+            manifest = snapshots.read(sid)
+        except IntegrityError:
+            continue        # a damaged manifest is already among the problems
         if manifest.ledger_head:
-            anchors[sid] = manifest.ledger_head
+            anchors[f"snapshot {sid[:12]}"] = manifest.ledger_head
     with _ledger(project) as ledger:
         problems += ledger.verify(anchors)
     return problems
