@@ -32,7 +32,7 @@ class Gates(BaseModel):
     locality_min: float = Field(0.9, ge=0, le=1,
                                 description="share of unrelated probes whose answer is unchanged")
     kl_max: float = Field(0.5, ge=0, description="max mean KL on the locality probes' next token")
-    retention_min: float = Field(0.9, ge=0, le=1,
+    retention_min: float = Field(0.98, ge=0, le=1,
                                  description="share of earlier committed facts still answered")
     retention_sample: int = Field(200, ge=0, description="how many earlier facts to re-check")
     ppl_drift_max: float = Field(0.1, ge=0,
