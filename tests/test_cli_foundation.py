@@ -20,6 +20,11 @@ from kbsync.facts import load_knowledge_base
 from kbsync.plan.plan import Plan
 from kbsync.project import compute_plan, find_project, init_project
 
+from kbsync.facts.load import load_knowledge_base as _load
+from kbsync.project import demo_facts_dir
+
+DEMO_FACTS = len(_load(demo_facts_dir()).facts)   # the example knowledge base shipped in facts/demo
+
 
 def run(*args: str, cwd: Path | None = None):
     runner = CliRunner()
@@ -80,7 +85,7 @@ def test_plan_json_lists_every_demo_fact_as_add(project, repo_root):
     keys = {r["fact_key"] for r in data["requests"]}
     assert keys == set(demo_kb(repo_root).facts)
     assert {r["op"] for r in data["requests"]} == {"add"}
-    assert data["summary"] == {"add": 80, "change": 0, "remove": 0}
+    assert data["summary"] == {"add": DEMO_FACTS, "change": 0, "remove": 0}
     assert (data["base_serial"], data["base_snapshot"]) == (0, None)
     assert data["facts_hash"] == demo_kb(repo_root).content_hash()
     assert data["facts_dir"] == "facts"
@@ -90,8 +95,8 @@ def test_plan_human_output(project):
     result = run("plan", cwd=project)
     lines = result.stdout.splitlines()
     assert result.exit_code == 0
-    assert sum(line.startswith("+ add  ") for line in lines) == 80
-    assert lines[-1] == "Plan: 80 to add, 0 to change, 0 to remove."
+    assert sum(line.startswith("+ add  ") for line in lines) == DEMO_FACTS
+    assert lines[-1] == f"Plan: {DEMO_FACTS} to add, 0 to change, 0 to remove."
 
 
 def test_detailed_exitcode(project, repo_root):
@@ -128,7 +133,7 @@ def test_plan_out_file(project):
     result = run("plan", "-o", "saved.json", cwd=project)
     assert result.exit_code == 0 and "Saved the plan to saved.json" in result.stdout
     plan = Plan.from_json((project / "saved.json").read_text())
-    assert plan.summary()["add"] == 80
+    assert plan.summary()["add"] == DEMO_FACTS
 
 
 def test_broken_yaml_exits_1_with_location(project):
@@ -166,7 +171,7 @@ def test_real_subprocess(tmp_path):
     done = subprocess.run(command + ["-C", "demo", "plan", "--json", "--detailed-exitcode"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
-    assert json.loads(done.stdout)["summary"]["add"] == 80
+    assert json.loads(done.stdout)["summary"]["add"] == DEMO_FACTS
 
 
 # ---------------------------------------------------------------- git flow

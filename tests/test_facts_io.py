@@ -137,7 +137,7 @@ def test_demo_yaml_and_turtle_are_equal(repo_root, tmp_path):
     demo = load_knowledge_base(repo_root / "facts" / "demo")
     shutil.copy(repo_root / "facts" / "demo" / "relations.yaml", tmp_path)
     shutil.copy(repo_root / "facts" / "demo.ttl", tmp_path)
-    assert len(demo.facts) == 80
+    assert len(demo.facts) >= 50      # issue 2: a demo of 50 to 100 facts
     assert load_knowledge_base(tmp_path) == demo
 
 
