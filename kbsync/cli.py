@@ -189,4 +189,8 @@ def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
 from kbsync import cli_model  # noqa: E402,F401  (registers apply, log, show, ... on main)
 
 if __name__ == "__main__":  # `python -m kbsync.cli`
-    main()
+    # this file runs as __main__ here; the commands of cli_model are registered on the
+    # group of the imported module kbsync.cli, so run that one
+    from kbsync.cli import main as package_main
+
+    package_main()

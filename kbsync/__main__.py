@@ -1,0 +1,5 @@
+"""`python -m kbsync` runs the command line."""
+
+from kbsync.cli import main
+
+main()
