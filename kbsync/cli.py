@@ -67,19 +67,29 @@ def json_option(fn: Callable) -> Callable:
                         help="Machine-readable JSON on stdout (errors too).")(fn)
 
 
+def _fail(err: KbsyncError, as_json: bool) -> None:
+    if as_json:
+        echo_json(err.to_json())
+    click.echo(click.style("error: ", fg="red", bold=True) + str(err), err=True,
+               color=color_enabled())
+    sys.exit(err.exit_code)
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Report a KbsyncError the same way for every command and exit with its code."""
+    """Report a KbsyncError (or an OSError such as a full disk) the same way for every
+    command and exit with its code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except KbsyncError as err:
-            if kwargs.get("as_json"):
-                echo_json(err.to_json())
-            click.echo(click.style("error: ", fg="red", bold=True) + str(err), err=True,
-                       color=color_enabled())
-            sys.exit(err.exit_code)
+            _fail(err, kwargs.get("as_json", False))
+        except OSError as err:   # the store is left consistent: say so, no traceback
+            where = f": {err.filename}" if err.filename else ""
+            _fail(KbsyncError(f"{err.strerror or err}{where}",
+                              hint="nothing was committed; fix the cause and run again"),
+                  kwargs.get("as_json", False))
 
     return wrapper
 

@@ -16,14 +16,22 @@ def _ledger(project) -> Ledger:
     return Ledger(project.kbsync_dir / "ledger.db")
 
 
+def committed(snapshots: SnapshotStore) -> list[tuple]:
+    """(id, manifest) of every snapshot that was ever HEAD, oldest first. History is linear,
+    so they are HEAD's `parent` line; a manifest outside it was written by a run killed
+    before its commit point and never took effect."""
+    head = snapshots.head()
+    return snapshots.history(head) if head else []
+
+
 def log(project) -> list[dict]:
-    """Runs and snapshots, newest first."""
+    """Runs and (committed) snapshots, newest first."""
     snapshots = SnapshotStore(project.kbsync_dir)
     head = snapshots.head()
     entries = [{"kind": "snapshot", "id": sid, "serial": m.serial, "created_at": m.created_at,
                 "parent": m.parent, "rollback_of": m.rollback_of, "run_id": m.run_id,
                 "editor": m.editor, "head": sid == head}
-               for sid, m in snapshots.list()]
+               for sid, m in committed(snapshots)]
     with _ledger(project) as ledger:
         entries += [{"kind": "run", "id": r["run_id"], "created_at": r["started_at"],
                      "command": r["command"], "outcome": r.get("outcome"),
@@ -85,6 +93,10 @@ def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
         snapshots = SnapshotStore(project.kbsync_dir)
         target = snapshots.resolve(ref)
         previous = snapshots.head()
+        if target not in {sid for sid, _ in committed(snapshots)}:
+            raise KbsyncError(f"snapshot {target[:12]} was never committed: the run that wrote "
+                              "it was interrupted before its commit point",
+                              hint="`kbsync log` lists the snapshots you can roll back to")
         with _ledger(project) as ledger:
             run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
             manifest = snapshots.rollback_manifest(target, run_id=run_id,

@@ -29,3 +29,17 @@ def write_files(tmp_path: Path) -> Callable[..., Path]:
 
     return write
 
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a Hugging Face directory (kbsync.testing)."""
+    from kbproject import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def kb_cache(tmp_path_factory) -> Path:
+    """A KBSYNC_CACHE shared by the session (the tiny model's covariance statistics are
+    computed once), never the user's; tests set it with monkeypatch.setenv."""
+    return tmp_path_factory.mktemp("kbsync-cache")

@@ -1,0 +1,165 @@
+"""Helpers for the apply / history / crash tests: a kbsync project on a tiny random Llama.
+
+The relation's first template ENDS with the subject, so the tiny model's prediction after
+the prompt reads the subject's hidden state at the edited layers (DESIGN.md §9), and the
+locate-then-edit editors can change it. Imported by test_apply.py and test_crash.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from kbsync.editing.alphaedit import AlphaEdit
+from kbsync.editing.memit import MEMIT
+from kbsync.testing import TINY_HPARAMS
+
+REPO = Path(__file__).resolve().parents[1]
+RIVER = "R1"
+TEMPLATES = ["The river {subject}", "{subject} is a river that flows to"]
+
+# subject -> object; none of these is what the random model says. The objects are single
+# tokens of the tiny vocabulary (kbsync.testing.TINY_TARGETS): a random model cannot steer
+# the tokens after the first.
+FACTS = {"Danube": "British", "Volga": "American", "Rhine": "November", "Thames": "football"}
+
+# TINY_HPARAMS are tuned for ONE edit. For batches of 4 on the tiny Llama they damage
+# unrelated prompts (measured, MEMIT λ=100: locality KL 0.84, perplexity drift +0.28;
+# AlphaEdit α=1e-3: KL 1.09, drift +0.63, and after a second batch KL 8.3, drift +55),
+# so the projects here regularise more: MEMIT λ=1000 (KL 0.29 then 0.09, drift ~0);
+# AlphaEdit α=0.1 with null-space threshold 0.5 (KL 0.20 then 0.02; with threshold 0.2 a
+# fourth edit loses one of the three before it and the retention gate rejects it).
+HPARAMS = {**TINY_HPARAMS, "mom2_weight": 1000.0, "l2": 0.1, "nullspace_threshold": 0.5}
+
+# Thresholds a GOOD batch passes with a margin and a broken one fails (test_apply.py::
+# test_gate_figures_of_a_good_batch, ::test_broken_edit_fails_the_meaningful_gates).
+# kl_max and ppl_drift_max are kbsync's defaults. Not gated on a random model:
+# generalization (it does not generalise to other templates). Top-1 locality is loose:
+# good batches keep 0.8-0.93 of the probes' argmax, a blunt edit far fewer.
+GATES = dict(efficacy_min=1.0, generalization_min=0.0, locality_min=0.6, kl_max=0.5,
+             retention_min=1.0, retention_sample=50, ppl_drift_max=0.1)
+
+
+def facts_yaml(facts: dict[str, str], extra: list[dict] | None = None) -> str:
+    doc = {"version": 1,
+           "relations": {RIVER: {"label": "river", "templates": TEMPLATES}},
+           "facts": [{"subject": s, "relation": RIVER, "object": o} for s, o in facts.items()]
+           + list(extra or [])}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_facts(root: Path, facts: dict[str, str], extra: list[dict] | None = None) -> None:
+    (root / "facts").mkdir(parents=True, exist_ok=True)
+    (root / "facts" / "kb.yaml").write_text(facts_yaml(facts, extra), encoding="utf-8")
+
+
+def write_config(root: Path, model_dir: Path, *, editor: str = "memit", batch_size: int = 4,
+                 gates: dict | None = None, hparams: dict | None = None) -> None:
+    config = {"model": str(model_dir), "device": "cpu", "dtype": "float32", "editor": editor,
+              "hparams": {**HPARAMS, **(hparams or {})}, "batch_size": batch_size,
+              "facts": "facts", "gates": {**GATES, **(gates or {})}, "seed": 0}
+    (root / "kbsync.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def make_project(root: Path, model_dir: Path, facts: dict[str, str] | None = None, **config):
+    from kbsync.project import Project
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".kbsync").mkdir(exist_ok=True)
+    write_config(root, model_dir, **config)
+    write_facts(root, FACTS if facts is None else facts)
+    return Project(root)
+
+
+def save_tiny_llama(directory: Path) -> Path:
+    from kbsync.testing import tiny_model
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(directory, safe_serialization=True)
+    lm.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def key(subject: str) -> str:
+    return f"{subject}/{RIVER}"
+
+
+def prompt(subject: str) -> str:
+    return TEMPLATES[0].format(subject=subject)
+
+
+def cli_env(cache: Path) -> dict:
+    env = dict(os.environ, KBSYNC_CACHE=str(cache), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false", NO_COLOR="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+# `python3 -m kbsync.cli` only knows init and plan (see test_apply.py::
+# test_python_m_kbsync_cli_has_every_command), so real processes start the CLI this way
+KBSYNC = [sys.executable, "-m", "kbsync.cli"]
+
+
+def run_cli(project_root: Path, *args: str, cache: Path, timeout: float = 300,
+            **kwargs) -> subprocess.CompletedProcess:
+    """`kbsync -C ROOT ARGS` in a real process."""
+    return subprocess.run([*KBSYNC, "-C", str(project_root), *args],
+                          env=cli_env(cache), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class Broken:
+    """An editor that goes wrong on purpose for the subjects in hparams `bad_subjects`
+    ("*" = every batch). `break_mode`:
+      nan_patch  the returned patch carries NaN factors (what the `finite` gate must catch);
+      nan_solve  the linear solve returns NaN (the editor's own finiteness check fires);
+      scale      the patch is multiplied by hparams `scale` (0: no edit; large: a blunt,
+                 destructive edit).
+    Mixed into MEMIT ("broken") and AlphaEdit ("broken_alphaedit"); `register_broken`
+    adds both to the editor registry for one test."""
+
+    def _bad(self, specs) -> bool:
+        bad = self.hp.extra.get("bad_subjects", ["*"])
+        return "*" in bad or any(s.subject in bad for s in specs)
+
+    def edit(self, lm, specs):
+        mode = self.hp.extra.get("break_mode", "nan_patch")
+        self._poison_solve = mode == "nan_solve" and self._bad(specs)
+        patch = super().edit(lm, specs)
+        if self._bad(specs) and mode == "nan_patch":
+            layer = min(patch.factors)
+            u, v = patch.factors[layer]
+            patch.factors[layer] = (torch.full_like(u, float("nan")), v)
+        elif self._bad(specs) and mode == "scale":
+            scale = float(self.hp.extra["scale"])
+            patch.factors = {l: (u * scale, v) for l, (u, v) in patch.factors.items()}
+        return patch
+
+    def solve(self, layer, keys, resid, cov):
+        u, v = super().solve(layer, keys, resid, cov)
+        return (u * float("nan"), v) if self._poison_solve else (u, v)
+
+
+class BrokenMEMIT(Broken, MEMIT):
+    name = "broken"
+
+
+class BrokenAlphaEdit(Broken, AlphaEdit):
+    name = "broken_alphaedit"
+
+
+def register_broken(monkeypatch) -> None:
+    from kbsync.editing.registry import EDITORS
+
+    monkeypatch.setitem(EDITORS, "broken", ("kbproject:BrokenMEMIT", "test double"))
+    monkeypatch.setitem(EDITORS, "broken_alphaedit", ("kbproject:BrokenAlphaEdit", "test double"))
