@@ -4,6 +4,7 @@
 # rollback, ask again.   Usage: benchmarks/demo.sh [KBSYNC_COMMAND]
 set -euo pipefail
 K=${1:-kbsync}
+case "$K" in */*) K="$(cd "$(dirname "$K")" && pwd)/$(basename "$K")" ;; esac   # we cd below
 PY=$(dirname "$(command -v "$K" 2>/dev/null || echo python3)")/python3
 [ -x "$PY" ] || PY=python3
 cd "$(dirname "$0")/.."

@@ -167,6 +167,8 @@ class Scheduler:
             self.reference = CORPUS.read_text().splitlines()[-DRIFT_PASSAGES:]
             self.base_ppl = self._base_perplexity(perplexity)
             work = self.classify()
+            self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
+                       "skipped": len(self.result.skipped)})
             size = self.cfg.batch_size
             for start in range(0, len(work), size):
                 self.commit_or_bisect(work[start:start + size])
@@ -305,6 +307,7 @@ class Scheduler:
         self._record(w.request, "rejected", batch=batch, reason="gates failed: " + ", ".join(failed),
                      metrics={c.metric: c.value for c in checks}, pre_answer=w.pre_answer)
         self.result.rejected.append(w.request.fact_key)
+        self.emit({"type": "rejected", "key": w.request.fact_key, "failed": failed})
 
     # -- commit --------------------------------------------------------------------------
     def commit(self, patch, batch: list[Work], checks: list[GateCheck]) -> None:

@@ -14,13 +14,30 @@ from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 
 def _printer(as_json: bool):
-    """Events as JSON lines on stdout, or short human lines on stderr."""
+    """Events as JSON lines on stdout, or short human lines and a progress bar (over the
+    edits to make) on stderr."""
+    bar = None
+
     def emit(event: dict) -> None:
+        nonlocal bar
         if as_json:
             echo_json(event)
             return
         kind = event.get("type")
-        if kind == "batch_start":
+        if kind == "edits" and event["total"]:
+            from tqdm import tqdm
+            click.echo(f"{event['known']} already known, {event['skipped']} skipped, "
+                       f"{event['total']} to edit", err=True)
+            bar = tqdm(total=event["total"], desc="edits", unit="edit", file=sys.stderr,
+                       disable=None, leave=False)
+        elif kind in ("commit", "rejected") and bar is not None:
+            bar.update(event.get("edits", 1))
+        elif kind == "summary" and bar is not None:
+            bar.close()
+        if kind == "rejected":
+            click.echo(f"rejected {event['key']}: gates failed ({', '.join(event['failed'])})",
+                       err=True)
+        elif kind == "batch_start":
             click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
         elif kind == "gates":
             failed = [c["metric"] for c in event["checks"] if not c["passed"]]
