@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from kbsync.errors import FactsError
 from kbsync.facts.schema import Fact, KnowledgeBase, LocalityProbe, Relation
-from kbsync.facts.source import FileContent, Location
+from kbsync.facts.source import FileContent, Location, read_text_file
 
 if TYPE_CHECKING:
     from rdflib import Graph
@@ -84,13 +84,7 @@ def read_rdf(path: Path | str) -> FileContent:
     if fmt is None:
         raise FactsError(f"not an RDF file extension: {path.suffix!r}", file=str(path),
                          hint=f"use one of {', '.join(RDF_FORMATS)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FactsError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=str(path),
-                         hint="save the file as UTF-8") from None
-    except OSError as err:
-        raise FactsError(f"cannot read file: {err.strerror}", file=str(path)) from None
+    text = read_text_file(path)
     return parse_rdf(text, fmt, str(path))
 
 

@@ -7,6 +7,7 @@ locations to point at both definitions when two files disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from kbsync.errors import FactsError
@@ -43,3 +44,14 @@ class Location:
 class FileContent:
     relations: list[tuple[Relation, Location]] = field(default_factory=list)
     facts: list[tuple[Fact, Location]] = field(default_factory=list)
+
+
+def read_text_file(path: Path) -> str:
+    """A fact file's text, or a FactsError naming the file (not UTF-8, unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FactsError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=str(path),
+                         hint="save the file as UTF-8") from None
+    except OSError as err:
+        raise FactsError(f"cannot read file: {err.strerror}", file=str(path)) from None

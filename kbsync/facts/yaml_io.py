@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kbsync.errors import FactsError
 from kbsync.facts.schema import Fact, KnowledgeBase, Relation, Template, Text
-from kbsync.facts.source import FileContent, Location
+from kbsync.facts.source import FileContent, Location, read_text_file
 
 __all__ = ["YamlDocument", "parse_yaml", "read_yaml_file", "validation_error",
            "read_yaml_facts", "parse_yaml_facts", "dump_yaml", "kb_to_yaml"]
@@ -76,13 +76,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
 
 def read_yaml_file(path: Path | str) -> YamlDocument:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FactsError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=str(path),
-                         hint="save the file as UTF-8") from None
-    except OSError as err:
-        raise FactsError(f"cannot read file: {err.strerror}", file=str(path)) from None
+    text = read_text_file(path)
     return parse_yaml(text, str(path))
 
 
