@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a source checkout without installing
 
-from kbsync.facts.rdf_io import write_rdf  # noqa: E402
+from kbsync.facts.rdf_write import write_rdf  # noqa: E402
 from kbsync.facts.schema import Fact, KnowledgeBase, LocalityProbe, Relation  # noqa: E402
 from kbsync.facts.yaml_io import dump_yaml  # noqa: E402
 

@@ -1,7 +1,8 @@
 """Facts: the schema, YAML and RDF readers/writers, and the knowledge-base loader."""
 
 from kbsync.facts.load import FACT_SUFFIXES, fact_files, is_fact_file, load_knowledge_base, merge
-from kbsync.facts.rdf_io import parse_rdf, read_rdf, to_graph, write_rdf
+from kbsync.facts.rdf_io import parse_rdf, read_rdf
+from kbsync.facts.rdf_write import to_graph, write_rdf
 from kbsync.facts.schema import Fact, KnowledgeBase, LocalityProbe, Relation
 from kbsync.facts.source import FileContent, Location
 from kbsync.facts.yaml_io import dump_yaml, kb_to_yaml, parse_yaml_facts, read_yaml_facts
