@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -43,3 +44,27 @@ def kb_cache(tmp_path_factory) -> Path:
     """A KBSYNC_CACHE shared by the session (the tiny model's covariance statistics are
     computed once), never the user's; tests set it with monkeypatch.setenv."""
     return tmp_path_factory.mktemp("kbsync-cache")
+
+
+@pytest.fixture(scope="session")
+def applied_template(tmp_path_factory, tiny_llama_dir, kb_cache):
+    """A project after `apply` of FACTS with MEMIT (built once, copied per test)."""
+    from kbproject import FACTS, key, make_project
+    from kbsync.apply import apply
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KBSYNC_CACHE", str(kb_cache))
+        project = make_project(tmp_path_factory.mktemp("applied") / "proj", tiny_llama_dir)
+        result = apply(project)
+    assert sorted(result.applied) == sorted(key(s) for s in FACTS) and not result.rejected
+    return project.root, result
+
+
+@pytest.fixture
+def applied(applied_template, tmp_path):
+    """A copy of the applied project, for one test to change."""
+    from kbsync.project import Project
+
+    root = tmp_path / "proj"
+    shutil.copytree(applied_template[0], root)
+    return Project(root)

@@ -2,10 +2,19 @@
 
 The relation's first template ENDS with the subject, so the tiny model's prediction after
 the prompt reads the subject's hidden state at the edited layers (DESIGN.md §9), and the
-locate-then-edit editors can change it. Imported by test_apply.py and test_crash.py.
+locate-then-edit editors can change it. Imported by test_apply.py, test_apply_safety.py and test_crash.py.
 """
 
 from __future__ import annotations
+
+from click.testing import CliRunner
+
+from kbsync.cli import main
+from kbsync.history import ask
+from kbsync.project import Project
+from kbsync.store.ledger import Ledger
+from kbsync.store.snapshots import SnapshotStore
+from kbsync.store.state import read_applied_state
 
 import json
 import os
@@ -163,3 +172,40 @@ def register_broken(monkeypatch) -> None:
 
     monkeypatch.setitem(EDITORS, "broken", ("kbproject:BrokenMEMIT", "test double"))
     monkeypatch.setitem(EDITORS, "broken_alphaedit", ("kbproject:BrokenAlphaEdit", "test double"))
+
+
+# ------------------------------------------------------------------ project inspection
+
+NEW = "League"          # the object an update changes Danube to
+
+
+def cli(project: Project | Path, *args: str):
+    root = project.root if isinstance(project, Project) else project
+    return CliRunner().invoke(main, ["-C", str(root), *args])
+
+
+def head(project: Project) -> str | None:
+    return SnapshotStore(project.kbsync_dir).head()
+
+
+def answer(project: Project, subject: str, snapshot: str | None = None) -> str:
+    return ask(project, prompt(subject), snapshot)["answer"]
+
+
+def applied_objects(project: Project) -> dict[str, str]:
+    return {k: f.object for k, f in read_applied_state(project.kbsync_dir).kb.facts.items()}
+
+
+def runs(project: Project) -> list[dict]:
+    with Ledger(project.kbsync_dir / "ledger.db") as ledger:
+        return ledger.runs()
+
+
+def latest_edit(project: Project, fact_key: str) -> dict:
+    with Ledger(project.kbsync_dir / "ledger.db") as ledger:
+        return ledger.edits_for(fact_key)[-1]
+
+
+def first_phrase(text: str) -> str:
+    from kbsync.apply import _first_phrase
+    return _first_phrase(text)

@@ -22,21 +22,19 @@ parsing, and an audit hook blocks any network access while rdflib runs.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import re
-import sys
-import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from pydantic import ValidationError
 
 from kbsync.errors import FactsError
 from kbsync.facts.schema import Fact, LocalityProbe, Relation
+from kbsync.facts.rdf_locate import Locator
+from kbsync.facts.rdf_offline import check_json_ld, offline
 from kbsync.facts.source import FileContent, Location, read_text_file
 
 if TYPE_CHECKING:
@@ -90,7 +88,7 @@ def read_rdf(path: Path | str) -> FileContent:
 def parse_rdf(text: str, fmt: str, file: str = "<rdf>") -> FileContent:
     fmt = _format(fmt)
     graph = _parse_graph(text, fmt, file)
-    return _Reader(graph, _Locator(text, file, graph)).content()
+    return _Reader(graph, Locator(text, file, graph)).content()
 
 
 def _format(fmt: str) -> str:
@@ -104,10 +102,10 @@ def _parse_graph(text: str, fmt: str, file: str) -> Graph:
     from rdflib import Graph
 
     if fmt == "json-ld":
-        _check_json_ld(text, file)
+        check_json_ld(text, file)
     graph = Graph()
     try:
-        with _offline(), warnings.catch_warnings():
+        with offline(), warnings.catch_warnings():
             # rdflib's JSON-LD parser uses its own deprecated ConjunctiveGraph; not ours to fix.
             warnings.simplefilter("ignore", DeprecationWarning)
             graph.parse(data=text, format=fmt)
@@ -150,116 +148,8 @@ def _first_bad_nt_line(text: str) -> int | None:
     return None
 
 
-def _check_json_ld(text: str, file: str) -> None:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FactsError(f"invalid JSON-LD: {err.msg}", file=file, line=err.lineno,
-                         column=err.colno, hint="fix the JSON syntax at this position") from None
-    ref = _remote_reference(data)
-    if ref is not None:
-        raise FactsError(f"JSON-LD refers to an external context {ref!r}; kbsync never "
-                         "fetches contexts", file=file,
-                         hint="inline the context as a JSON object under \"@context\"")
-
-
-def _remote_reference(value: Any) -> str | None:
-    """The first `@context`/`@import` that names a document instead of inlining it."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "@import" and isinstance(item, str):
-                return item
-            if key == "@context":
-                for entry in item if isinstance(item, list) else [item]:
-                    if isinstance(entry, str):
-                        return entry
-            found = _remote_reference(item)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for item in value:
-            found = _remote_reference(item)
-            if found is not None:
-                return found
-    return None
-
-
-_guard = threading.local()
-_hook_installed = False
-_NETWORK_EVENTS = {"urllib.Request", "socket.connect", "socket.getaddrinfo",
-                   "http.client.connect"}
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event in _NETWORK_EVENTS and getattr(_guard, "offline", False):
-        raise FactsError(f"network access blocked while parsing RDF ({event} {args[:1]!r})",
-                         hint="fact files must be self-contained")
-
-
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """Refuse network access from this thread while rdflib parses."""
-    global _hook_installed
-    if not _hook_installed:  # audit hooks cannot be removed; one cheap hook, a flag per thread
-        sys.addaudithook(_audit)
-        _hook_installed = True
-    _guard.offline = True
-    try:
-        yield
-    finally:
-        _guard.offline = False
-
-
-# Written names of terms: <iri>, "quoted" (JSON-LD), prefix:local. Literals are matched
-# as a whole so that a colon inside a string is not taken for a prefixed name.
-_TOKEN = re.compile(r'<[^<>"\s]*>|"(?:[^"\\\n]|\\.)*"|[A-Za-z][\w\-.]*:[^\s;,()\[\]{}"\'<>]*'
-                    r'|:[^\s;,()\[\]{}"\'<>]+')
-
-
-class _Locator:
-    """Best-effort file:line for RDF terms: rdflib keeps no positions, so the text is
-    indexed once by the names written in it, and terms are looked up by their forms."""
-
-    def __init__(self, text: str, file: str, graph: Graph):
-        self.file = file
-        self.namespaces = [(p, str(ns)) for p, ns in graph.namespaces()]
-        self.index: dict[str, list[tuple[int, int]]] = {}
-        for number, line in enumerate(text.splitlines()):
-            for match in _TOKEN.finditer(line):
-                token = match.group()
-                if not token.startswith(("<", '"')):
-                    token = token.rstrip(".")  # "ex:a." ends a statement
-                self.index.setdefault(token, []).append((number, match.start()))
-
-    def forms(self, term: Any) -> list[str]:
-        from rdflib import URIRef
-
-        if not isinstance(term, URIRef):
-            return []
-        iri = str(term)
-        names = [f"{p}:{iri[len(ns):]}" for p, ns in self.namespaces
-                 if ns and iri.startswith(ns) and len(iri) > len(ns)]
-        return [f"<{iri}>", f'"{iri}"', *names, *(f'"{name}"' for name in names)]
-
-    def find(self, *terms: Any) -> Location:
-        """Where the first term is written, then the next term at or after it, and so on
-        (subject, then predicate: the line of a triple)."""
-        start, found = (0, 0), None
-        for term in terms:
-            positions = [pos for form in self.forms(term)
-                         for pos in self.index.get(form, ()) if pos >= start]
-            if not self.forms(term):  # blank nodes and literals have no written name
-                continue
-            if not positions:
-                break
-            found = start = min(positions)
-        if found is None:
-            return Location(self.file)
-        return Location(self.file, found[0] + 1, found[1] + 1)
-
-
 class _Reader:
-    def __init__(self, graph: Graph, where: _Locator):
+    def __init__(self, graph: Graph, where: Locator):
         from rdflib import Namespace
 
         self.g, self.where = graph, where
