@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from kbsync.editing.request import EditSpec
 from kbsync.errors import EditorError, GateFailed, IntegrityError, KbsyncError
 from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
-from kbsync.evaluate.probes import DRIFT_PASSAGES, GENERAL_PROMPTS
+from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
+from kbsync.evaluate.probes import GENERAL_PROMPTS
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.plan.plan import EditRequest, Plan
 from kbsync.store.ledger import Ledger
@@ -57,10 +57,6 @@ class ApplyResult:
                 "applied": len(self.applied), "known": len(self.known),
                 "skipped": len(self.skipped), "rejected": len(self.rejected),
                 "rejected_keys": self.rejected}
-
-
-def ledger_for(project) -> Ledger:
-    return Ledger(project.kbsync_dir / "ledger.db")
 
 
 def check_fresh(plan: Plan, project) -> None:
@@ -118,7 +114,7 @@ def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
     from kbsync.project import compute_plan
 
     with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation=command):
-        ledger = ledger_for(project)
+        ledger = project.ledger()
         try:
             recover(project, ledger, emit)
             if plan is None:
@@ -154,8 +150,6 @@ class Scheduler:
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
         from kbsync.editing.rebuild import load_at
-        from kbsync.editing.stats import CORPUS
-        from kbsync.lm.score import perplexity
 
         self.lm, self.editor = load_at(self.project, self.head)
         self.run_id = self.ledger.start_run(
@@ -164,8 +158,9 @@ class Scheduler:
             base_snapshot=self.head, state_serial=self.serial)
         self.result.run_id = self.run_id
         try:
-            self.reference = CORPUS.read_text().splitlines()[-DRIFT_PASSAGES:]
-            self.base_ppl = self._base_perplexity(perplexity)
+            self.reference = reference_text(GATE_PASSAGES)
+            self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
+                                            self._measure_base_perplexity)
             work = self.classify()
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
                        "skipped": len(self.result.skipped)})
@@ -189,15 +184,14 @@ class Scheduler:
                              + "` lists the figures")
         return self.result
 
-    def _base_perplexity(self, perplexity) -> float:
-        """Perplexity of the unedited model, the drift gate's reference."""
-        if self.head is None:
-            return perplexity(self.lm, self.reference)
+    def _measure_base_perplexity(self) -> float:
         from kbsync.editing.rebuild import load_at
+        from kbsync.lm.score import perplexity
+
+        if self.head is None:          # the model in hand is the base model
+            return perplexity(self.lm, self.reference)
         base, _ = load_at(self.project, None, with_editor=False)
-        value = perplexity(base, self.reference)
-        del base
-        return value
+        return perplexity(base, self.reference)
 
     # -- what to do per request ----------------------------------------------------------
     def spec_for(self, fact: Fact, target: str) -> EditSpec:
@@ -271,9 +265,9 @@ class Scheduler:
             self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
         saved = None
         if patch is not None:
+            from kbsync.editing.patch import save_layers
             from kbsync.lm import arch
-            # exact copies: `revert` (w + Δ - Δ) cannot undo a NaN/Inf Δ, nor round exactly
-            saved = {l: arch.weight_of(self.lm.model, l).detach().clone() for l in patch.factors}
+            saved = save_layers(self.lm.model, patch.factors)   # revert cannot undo NaN
             patch.apply(self.lm.model)
             weights = [arch.weight_of(self.lm.model, l) for l in patch.factors]
             checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
@@ -286,21 +280,14 @@ class Scheduler:
             self.commit(patch, batch, checks)
             return
         if saved is not None:
-            self._restore(saved)
+            from kbsync.editing.patch import restore_layers
+            restore_layers(self.lm.model, saved)
         if len(batch) == 1:
             self._reject(batch[0], number, checks)
             return
         half = len(batch) // 2
         self.commit_or_bisect(batch[:half])
         self.commit_or_bisect(batch[half:])
-
-    def _restore(self, saved: dict) -> None:
-        import torch
-
-        from kbsync.lm import arch
-        with torch.no_grad():
-            for layer, weight in saved.items():
-                arch.weight_of(self.lm.model, layer).copy_(weight)
 
     def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
         failed = [c.metric for c in checks if not c.passed]

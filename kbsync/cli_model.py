@@ -126,8 +126,8 @@ def show(env: Env, ref: str, as_json: bool) -> None:
     """One snapshot (manifest) or run (edits, gate checks, events)."""
     from kbsync.history import show as history_show
 
-    echo_json(history_show(env.project(), ref)) if as_json else \
-        click.echo(json.dumps(history_show(env.project(), ref), indent=2, default=str))
+    result = history_show(env.project(), ref)
+    echo_json(result) if as_json else click.echo(json.dumps(result, indent=2, default=str))
 
 
 @main.group()

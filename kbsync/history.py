@@ -6,14 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kbsync.errors import IntegrityError, KbsyncError
-from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import SnapshotStore
-
-
-def _ledger(project) -> Ledger:
-    return Ledger(project.kbsync_dir / "ledger.db")
 
 
 def committed(snapshots: SnapshotStore) -> list[tuple]:
@@ -32,7 +27,7 @@ def log(project) -> list[dict]:
                 "parent": m.parent, "rollback_of": m.rollback_of, "run_id": m.run_id,
                 "editor": m.editor, "head": sid == head}
                for sid, m in committed(snapshots)]
-    with _ledger(project) as ledger:
+    with project.ledger() as ledger:
         entries += [{"kind": "run", "id": r["run_id"], "created_at": r["started_at"],
                      "command": r["command"], "outcome": r.get("outcome"),
                      "editor": r.get("editor")} for r in ledger.runs()]
@@ -48,7 +43,7 @@ def show(project, ref: str) -> dict:
         sid = None
     if sid is not None:
         return {"kind": "snapshot", "id": sid, **snapshots.read(sid).model_dump()}
-    with _ledger(project) as ledger:
+    with project.ledger() as ledger:
         return {"kind": "run", **ledger.run(ref)}
 
 
@@ -64,7 +59,7 @@ def audit_verify(project) -> list[str]:
             continue        # a damaged manifest is already among the problems
         if manifest.ledger_head:
             anchors[f"snapshot {sid[:12]}"] = manifest.ledger_head
-    with _ledger(project) as ledger:
+    with project.ledger() as ledger:
         problems += ledger.verify(anchors)
     return problems
 
@@ -97,7 +92,7 @@ def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
             raise KbsyncError(f"snapshot {target[:12]} was never committed: the run that wrote "
                               "it was interrupted before its commit point",
                               hint="`kbsync log` lists the snapshots you can roll back to")
-        with _ledger(project) as ledger:
+        with project.ledger() as ledger:
             run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
             manifest = snapshots.rollback_manifest(target, run_id=run_id,
                                                    ledger_head=ledger.head_hash())

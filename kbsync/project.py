@@ -37,6 +37,12 @@ class Project:
     def kbsync_dir(self) -> Path:
         return self.root / STORE_DIR
 
+    def ledger(self):
+        """The project's ledger (kbsync.store.ledger.Ledger), opened; close it when done."""
+        from kbsync.store.ledger import Ledger
+
+        return Ledger(self.kbsync_dir / "ledger.db")
+
     @cached_property
     def config(self) -> Config:
         return self._config if self._config is not None else load_config(self.config_path)

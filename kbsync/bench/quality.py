@@ -14,13 +14,8 @@ from kbsync.editing.registry import make_editor
 from kbsync.evaluate.metrics import exact_match, snapshot_scores
 from kbsync.lm.load import load_model
 from kbsync.lm.score import perplexity
-from kbsync.editing.stats import CORPUS
+from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
 
-REFERENCE_PASSAGES = 40   # the corpus tail: not used for statistics at the default size
-
-
-def reference_text() -> list[str]:
-    return CORPUS.read_text().splitlines()[-REFERENCE_PASSAGES:]
 
 
 def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int = 0,
@@ -32,7 +27,7 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
     ed = make_editor(editor, lm.model.config, {**(hparams or {}), "seed": seed})
 
     pre = snapshot_scores(lm, cases, dataset)
-    ppl_before = perplexity(lm, reference_text())
+    ppl_before = perplexity(lm, reference_text(BENCH_PASSAGES))
     t0 = time.perf_counter()
     if hasattr(ed, "covariances"):
         ed.covariances(lm)
@@ -49,7 +44,7 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
     edit_seconds = time.perf_counter() - t0
 
     post = snapshot_scores(lm, cases, dataset)
-    ppl_after = perplexity(lm, reference_text())
+    ppl_after = perplexity(lm, reference_text(BENCH_PASSAGES))
     return {
         "editor": editor, "dataset": dataset, "edits": len(cases), "batch": batch, "seed": seed,
         "efficacy": post["efficacy"], "efficacy_pre": pre["efficacy"],

@@ -16,11 +16,10 @@ from typing import Protocol
 
 import torch
 
-from kbsync.lm import arch
 from kbsync.editing.contexts import context_templates
 from kbsync.editing.hparams import HParams
 from kbsync.editing.keys import keys_and_outputs
-from kbsync.editing.patch import WeightPatch
+from kbsync.editing.patch import WeightPatch, restore_layers, save_layers
 from kbsync.editing.request import EditSpec
 from kbsync.editing.stats import second_moments
 from kbsync.editing.targets import optimise_targets
@@ -66,7 +65,7 @@ class LocateThenEdit:
         target = optimise_targets(lm, specs, contexts, hp.target_params())
         self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist()}
         patch = WeightPatch({})
-        originals = {l: arch.weight_of(lm.model, l).detach().clone() for l in layers}
+        originals = save_layers(lm.model, layers)
         try:
             for i, layer in enumerate(layers):
                 keys, current = keys_and_outputs(lm, specs, contexts, [layer], hp.target_layer)
@@ -79,10 +78,8 @@ class LocateThenEdit:
                 step.apply(lm.model)
                 patch.factors[layer] = step.factors[layer]
             patch.state_update = self.state_update(lm, specs, contexts)
-        finally:   # restore bit for bit: W + Δ - Δ is only W up to rounding
-            with torch.no_grad():
-                for layer, weight in originals.items():
-                    arch.weight_of(lm.model, layer).copy_(weight)
+        finally:   # bit for bit: W + Δ - Δ is only W up to rounding
+            restore_layers(lm.model, originals)
         return patch
 
     def accept(self, patch: WeightPatch) -> None:

@@ -34,6 +34,8 @@ class WeightPatch:
         self._add(model, 1.0)
 
     def revert(self, model) -> None:
+        """Subtract the delta: W up to rounding. For an exact undo (also of a non-finite
+        delta) use save_layers before apply and restore_layers after."""
         self._add(model, -1.0)
 
     def is_finite(self) -> bool:
@@ -67,3 +69,14 @@ class WeightPatch:
     @classmethod
     def empty(cls) -> "WeightPatch":
         return cls({}, {})
+
+
+def save_layers(model, layers) -> dict[int, torch.Tensor]:
+    """Exact copies of the edited matrices, to undo a patch bit for bit."""
+    return {layer: arch.weight_of(model, layer).detach().clone() for layer in layers}
+
+
+def restore_layers(model, saved: dict[int, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for layer, weight in saved.items():
+            arch.weight_of(model, layer).copy_(weight)

@@ -62,11 +62,9 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
     def share(flags: torch.Tensor) -> float:
         return float(flags.float().mean()) if len(flags) else 1.0
 
-    checks = [
-        GateCheck("finite", float(all(bool(torch.isfinite(w).all()) for w in edited_weights)),
-                  1.0, all(bool(torch.isfinite(w).all()) for w in edited_weights)),
-    ]
-    if not checks[0].passed:
+    finite = all(bool(torch.isfinite(w).all()) for w in edited_weights)
+    checks = [GateCheck("finite", float(finite), 1.0, finite)]
+    if not finite:
         return checks
     eff = share(answered(lm, probes.edit_prompts, probes.edit_targets))
     gen = share(answered(lm, probes.para_prompts, probes.para_targets))

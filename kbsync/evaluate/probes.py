@@ -15,5 +15,3 @@ GENERAL_PROMPTS = (
     "In 1969, astronauts landed on the",
     "The chemical symbol for gold is",
 )
-
-DRIFT_PASSAGES = 8   # reference passages (corpus tail) for the perplexity drift gate

@@ -10,55 +10,51 @@ from kbsync.editing.tokens import encode
 CHUNK = 64
 
 
-def _spans(prompts: list[str]) -> list[tuple[int, int]]:
-    return [(0, len(p)) for p in prompts]   # subject position is unused here
+def _hidden_chunks(lm, prompts: list[str], targets: list[str] | None = None):
+    """(batch, final hidden states) per chunk of prompts; one forward pass each."""
+    for s in range(0, len(prompts), CHUNK):
+        chunk = prompts[s:s + CHUNK]
+        spans = [(0, len(p)) for p in chunk]        # subject position is unused here
+        batch = encode(lm.tokenizer, chunk, spans,
+                       None if targets is None else targets[s:s + CHUNK]).to(lm.device)
+        with torch.no_grad():
+            hidden = lm.model.base_model(input_ids=batch.input_ids,
+                                         attention_mask=batch.attention_mask).last_hidden_state
+        yield batch, hidden
+
+
+def _target_logits(lm, prompts: list[str], targets: list[str]):
+    """Per pair: (logits predicting each target token, the target ids), teacher forced."""
+    unembed = lm.model.get_output_embeddings()
+    for batch, hidden in _hidden_chunks(lm, prompts, targets):
+        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
+            yield unembed(hidden[r, pos]).float(), ids
 
 
 def target_nll(lm, prompts: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pair: mean token NLL of " target" after the prompt, and whether every target
     token is the argmax (teacher-forced token accuracy == 1). Returns (nll, all_top1)."""
     nll, top1 = [], []
-    unembed = lm.model.get_output_embeddings()
-    for s in range(0, len(prompts), CHUNK):
-        batch = encode(lm.tokenizer, prompts[s:s + CHUNK], _spans(prompts[s:s + CHUNK]),
-                       targets[s:s + CHUNK]).to(lm.device)
-        with torch.no_grad():
-            hidden = lm.model.base_model(input_ids=batch.input_ids,
-                                         attention_mask=batch.attention_mask).last_hidden_state
-        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
-            logp = torch.log_softmax(unembed(hidden[r, pos]).float(), -1)
-            nll.append(-logp.gather(1, ids[:, None]).mean())
-            top1.append((logp.argmax(-1) == ids).all())
+    for logits, ids in _target_logits(lm, prompts, targets):
+        logp = torch.log_softmax(logits, -1)
+        nll.append(-logp.gather(1, ids[:, None]).mean())
+        top1.append((logp.argmax(-1) == ids).all())
     return torch.stack(nll).cpu(), torch.stack(top1).cpu()
 
 
 def token_accuracy(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
     """Per pair: share of target tokens that are the argmax (teacher forced; zsRE metric)."""
-    acc = []
-    unembed = lm.model.get_output_embeddings()
-    for s in range(0, len(prompts), CHUNK):
-        batch = encode(lm.tokenizer, prompts[s:s + CHUNK], _spans(prompts[s:s + CHUNK]),
-                       targets[s:s + CHUNK]).to(lm.device)
-        with torch.no_grad():
-            hidden = lm.model.base_model(input_ids=batch.input_ids,
-                                         attention_mask=batch.attention_mask).last_hidden_state
-        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
-            acc.append((unembed(hidden[r, pos]).argmax(-1) == ids).float().mean())
-    return torch.stack(acc).cpu()
+    return torch.stack([(logits.argmax(-1) == ids).float().mean()
+                        for logits, ids in _target_logits(lm, prompts, targets)]).cpu()
 
 
 def next_token_logprobs(lm, prompts: list[str]) -> torch.Tensor:
     """(n, vocab) log-probabilities of the token after each prompt."""
-    out = []
     unembed = lm.model.get_output_embeddings()
-    for s in range(0, len(prompts), CHUNK):
-        chunk = prompts[s:s + CHUNK]
-        batch = encode(lm.tokenizer, chunk, _spans(chunk)).to(lm.device)
-        with torch.no_grad():
-            hidden = lm.model.base_model(input_ids=batch.input_ids,
-                                         attention_mask=batch.attention_mask).last_hidden_state
-            rows = torch.arange(len(chunk), device=lm.device)
-            out.append(torch.log_softmax(unembed(hidden[rows, batch.last_pos]).float(), -1).cpu())
+    out = []
+    for batch, hidden in _hidden_chunks(lm, prompts):
+        rows = torch.arange(len(batch.last_pos), device=hidden.device)
+        out.append(torch.log_softmax(unembed(hidden[rows, batch.last_pos]).float(), -1).cpu())
     return torch.cat(out)
 
 

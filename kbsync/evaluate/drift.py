@@ -1,0 +1,34 @@
+"""Perplexity drift: perplexity on a fixed reference text (the tail of the shipped corpus,
+which the covariance statistics at their default size never read), relative to the base
+model. The base model's perplexity is cached per model fingerprint and text, so a later
+apply need not load the base model a second time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable
+
+from kbsync.editing.stats import CORPUS
+from kbsync.lm.load import cache_dir
+
+GATE_PASSAGES = 8      # apply's drift gate: cheap enough to run on every batch
+BENCH_PASSAGES = 40    # the quality benchmark: a steadier figure
+
+
+def reference_text(passages: int) -> list[str]:
+    return CORPUS.read_text().splitlines()[-passages:]
+
+
+def base_perplexity(fingerprint: str, reference: list[str], compute: Callable[[], float]) -> float:
+    """compute() measures it on the base model, on a cache miss only."""
+    digest = hashlib.sha256("\n".join(reference).encode()).hexdigest()[:16]
+    path = cache_dir() / "perplexity" / f"{fingerprint}-{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())["perplexity"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"perplexity": value}))
+    tmp.replace(path)
+    return value
