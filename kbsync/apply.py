@@ -90,22 +90,30 @@ def recover(project, ledger: Ledger, emit: Emit) -> list[str]:
         recorded = {r["snapshot_id"] for r in ledger.rows("snapshots", "run_id = ?", [run_id])}
         with ledger.transaction():
             for sid, m in committed:
-                if m.run_id != run_id or sid in recorded:
-                    continue
-                ledger.record_snapshot(sid, run_id, m.parent, m.serial, rollback_of=m.rollback_of)
-                edits = m.meta.get("edits", [])
-                for e in edits:
-                    ledger.record_edit(run_id, e["fact_key"], e["op"], "applied",
-                                       old_object=e.get("old_object"),
-                                       new_object=e.get("new_object"), batch=m.meta.get("batch"),
-                                       reason="committed before the run was interrupted",
-                                       pre_answer=e.get("pre_answer"))
-                ledger.event(run_id, "batch_committed", snapshot=sid, edits=len(edits),
-                             recovered=True)
+                if m.run_id == run_id and sid not in recorded:
+                    record_committed(ledger, sid, m,
+                                     reason="committed before the run was interrupted")
             ledger.event(run_id, "run_interrupted", detail="found unfinished by a later run")
         interrupted.append(run_id)
         emit({"type": "recovered", "run_id": run_id})
     return interrupted
+
+
+def record_committed(ledger: Ledger, snapshot: str, manifest: Manifest,
+                     reason: str | None = None) -> None:
+    """The ledger rows of a committed batch, from its manifest: the snapshot, its applied
+    edits with their pre-edit answers, the batch_committed event."""
+    run_id, edits = manifest.run_id, manifest.meta.get("edits", [])
+    with ledger.transaction():
+        ledger.record_snapshot(snapshot, run_id, manifest.parent, manifest.serial,
+                               rollback_of=manifest.rollback_of)
+        for e in edits:
+            ledger.record_edit(run_id, e["fact_key"], e["op"], "applied",
+                               old_object=e.get("old_object"), new_object=e.get("new_object"),
+                               batch=manifest.meta.get("batch"), reason=reason or e.get("reason"),
+                               pre_answer=e.get("pre_answer"))
+        ledger.event(run_id, "batch_committed", snapshot=snapshot, edits=len(edits),
+                     **({"recovered": True} if reason else {}))
 
 
 def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
@@ -313,16 +321,11 @@ class Scheduler:
             meta={"batch": self.batch_no, "edits": [
                 {"fact_key": w.request.fact_key, "op": w.request.op,
                  "old_object": w.request.old_object, "new_object": w.request.new_object,
-                 "pre_answer": w.pre_answer} for w in batch]})
+                 "reason": w.request.reason, "pre_answer": w.pre_answer} for w in batch]})
         snapshot = self.snapshots.write(manifest)
         self.snapshots.set_head(snapshot)                       # the commit point
-        with self.ledger.transaction():
-            self.ledger.record_snapshot(snapshot, self.run_id, self.head, manifest.serial)
-            for w in batch:
-                self._record(w.request, "applied", batch=self.batch_no, pre_answer=w.pre_answer)
-                self.result.applied.append(w.request.fact_key)
-            self.ledger.event(self.run_id, "batch_committed", snapshot=snapshot,
-                              edits=len(batch))
+        record_committed(self.ledger, snapshot, manifest)
+        self.result.applied += [w.request.fact_key for w in batch]
         self.applied, self.head, self.serial = kb, snapshot, manifest.serial
         self.pending = {}
         self.result.snapshot = snapshot

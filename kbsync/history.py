@@ -3,6 +3,7 @@ Each is a library function; the CLI only prints what they return."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kbsync.errors import IntegrityError, KbsyncError
@@ -118,5 +119,5 @@ def export(project, directory: Path | str, ref: str | None = None) -> dict:
     lm.model.save_pretrained(directory, safe_serialization=True)
     lm.tokenizer.save_pretrained(directory)
     (directory / "kbsync.json").write_text(
-        '{"snapshot": "%s", "base_model": "%s"}\n' % (sid, lm.fingerprint))
+        json.dumps({"snapshot": sid, "base_model": lm.fingerprint}) + "\n")
     return {"snapshot": sid, "directory": str(directory)}
