@@ -157,3 +157,27 @@ def _with_bos(tok):
     inner = tok.backend_tokenizer
     inner.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 0)])
     return tok
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_cache_gives_the_full_sequence_hidden_states(family):
+    from kbsync.editing.hooks import run
+    from kbsync.editing.prefix import PrefixRunner, split_at_subject
+    from kbsync.editing.targets import _rows
+
+    lm = tiny_model(family)
+    specs = [SPEC, EditSpec("{subject} plays", "Ronaldo", "football"),
+             EditSpec("In {subject}, the language is", "France", "British")]
+    contexts = ["{}", "One two three. {}", "A. {}"]
+    batch = encode(lm.tokenizer, *_rows(specs, contexts)[:3])
+    split = split_at_subject(batch)
+    assert split.width > 0 and int(split.suffix.subject_pos.abs().sum()) == 0
+    with torch.no_grad():
+        full = run(lm.model, batch).last_hidden_state
+        fast = PrefixRunner(lm.model, split)
+        for _ in range(2):   # the cache is reusable: a second run gives the same states
+            suffix = fast()
+            for r, cut in enumerate(batch.subject_pos.tolist()):
+                n = int(batch.attention_mask[r].sum())
+                torch.testing.assert_close(suffix[r, : n - cut], full[r, cut:n],
+                                           atol=1e-4, rtol=1e-4)

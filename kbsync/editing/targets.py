@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kbsync.editing.hooks import capture_block_output, run, shift_block_output
+from kbsync.editing.hooks import capture_block_output, shift_block_output
+from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
 from kbsync.editing.tokens import encode, render
 
@@ -63,7 +64,8 @@ def _rows(specs: list[EditSpec], contexts: list[str]):
 def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetParams) -> TargetResult:
     model, device, n = lm.model, lm.device, len(specs)
     texts, spans, targets, owner = _rows(specs, contexts)
-    batch = encode(lm.tokenizer, texts, spans, targets).to(device)
+    split = to_device(split_at_subject(encode(lm.tokenizer, texts, spans, targets)), device)
+    batch = split.suffix            # positions below are in suffix coordinates
     owner = owner.to(device)
     n_rw = n * len(contexts)
     rows = torch.arange(len(texts), device=device)
@@ -76,10 +78,11 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     tok_count = torch.tensor([len(batch.target_pos[r]) for r in range(n_rw)], device=device)
     kl_rows = rows[n_rw:]
 
+    run_suffix = PrefixRunner(model, split)
     with torch.no_grad():
         store: dict = {}
         with capture_block_output(model, p.z_layer, store):
-            hidden = run(model, batch).last_hidden_state
+            hidden = run_suffix()
         h0 = store[p.z_layer][rows[:n_rw:len(contexts)], batch.subject_pos[:n_rw:len(contexts)]].float()
         kl_init = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
 
@@ -92,7 +95,7 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     step = 0
     for step in range(1, p.steps + 1):
         with shift_block_output(model, p.z_layer, rows, batch.subject_pos, lambda: delta[owner]):
-            hidden = run(model, batch).last_hidden_state
+            hidden = run_suffix()
         logp = torch.log_softmax(unembed(hidden[tok_row, tok_pos]).float(), -1)
         tok_nll = -logp.gather(1, tok_ids[:, None]).squeeze(1)
         row_nll = torch.zeros(n_rw, device=device).index_add(0, tok_row, tok_nll) / tok_count

@@ -1,0 +1,99 @@
+"""Prefix caching for the target optimisation.
+
+δ is added at the subject's last token, so under causal attention every token before it
+computes the same thing at every step. Each row is split there: the prefix (context
+template and the subject's first tokens) runs once, without gradients, into a key/value
+cache; each optimisation step runs only the suffix (the subject's last token, the rest of
+the prompt, the target) on top of that cache. With the context templates this cuts the
+tokens per step about threefold and gives the same logits as the whole sequence.
+
+Padding: the prefix is right-padded and run with an all-ones mask, so its padding sits
+after every real token (causality keeps the real keys exact) and no query attends to
+nothing (which would put NaNs into the cache). The suffix's mask then hides those pads.
+Position ids are passed explicitly, so absolute-position models (GPT-2) see each token
+where it stands in its own row.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from kbsync.editing.tokens import Batch
+
+
+@dataclass
+class SplitBatch:
+    prefix_ids: torch.Tensor      # (B, P) right-padded
+    prefix_pos: torch.Tensor      # (B, P) position ids
+    prefix_mask: torch.Tensor     # (B, P) 1 on real prefix tokens
+    suffix: Batch                 # (B, Q) right-padded; subject_pos is 0 in every row
+    suffix_pos: torch.Tensor      # (B, Q) position ids
+
+    @property
+    def width(self) -> int:
+        return self.prefix_ids.shape[1]
+
+    def full_mask(self) -> torch.Tensor:
+        return torch.cat([self.prefix_mask, self.suffix.attention_mask], dim=1)
+
+
+def split_at_subject(batch: Batch) -> SplitBatch:
+    lengths = batch.attention_mask.sum(1).tolist()
+    cuts = batch.subject_pos.tolist()
+    rows = len(cuts)
+    p_width = max(cuts)
+    q_width = max(n - c for n, c in zip(lengths, cuts))
+    pad = 0   # any id: prefix pads are never attended to, suffix pads never read
+    prefix_ids = torch.full((rows, p_width), pad, dtype=torch.long)
+    prefix_mask = torch.zeros((rows, p_width), dtype=torch.long)
+    suffix_ids = torch.full((rows, q_width), pad, dtype=torch.long)
+    suffix_mask = torch.zeros((rows, q_width), dtype=torch.long)
+    for r, (n, c) in enumerate(zip(lengths, cuts)):
+        prefix_ids[r, :c] = batch.input_ids[r, :c]
+        prefix_mask[r, :c] = 1
+        suffix_ids[r, : n - c] = batch.input_ids[r, c:n]
+        suffix_mask[r, : n - c] = 1
+    cut = torch.tensor(cuts)[:, None]
+    suffix = Batch(suffix_ids, suffix_mask, torch.zeros(rows, dtype=torch.long),
+                   batch.last_pos.cpu() - cut[:, 0],
+                   [p.cpu() - c for p, c in zip(batch.target_pos, cuts)],
+                   [t.cpu() for t in batch.target_ids])
+    return SplitBatch(prefix_ids, torch.arange(p_width).expand(rows, -1).contiguous(),
+                      prefix_mask, suffix, cut + torch.arange(q_width)[None, :])
+
+
+def to_device(split: SplitBatch, device) -> SplitBatch:
+    return SplitBatch(split.prefix_ids.to(device), split.prefix_pos.to(device),
+                      split.prefix_mask.to(device), split.suffix.to(device),
+                      split.suffix_pos.to(device))
+
+
+class PrefixRunner:
+    """Runs the suffix of a SplitBatch over the cached prefix. Every run extends a copy of
+    the prefix cache: cropping the extended cache would keep the last step's autograd
+    graph alive in it."""
+
+    def __init__(self, model, split: SplitBatch):
+        self.model, self.split = model, split
+        self.cache = None
+        if split.width:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=model.config)
+            with torch.no_grad():
+                model.base_model(input_ids=split.prefix_ids,
+                                 attention_mask=torch.ones_like(split.prefix_mask),
+                                 position_ids=split.prefix_pos, past_key_values=self.cache,
+                                 use_cache=True)
+
+    def __call__(self) -> torch.Tensor:
+        """Last hidden states of the suffix, (B, Q, d)."""
+        s = self.split
+        cache = copy.deepcopy(self.cache)
+        return self.model.base_model(
+            input_ids=s.suffix.input_ids, attention_mask=s.full_mask(),
+            position_ids=s.suffix_pos, past_key_values=cache,
+            use_cache=cache is not None).last_hidden_state
