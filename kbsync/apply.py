@@ -8,12 +8,15 @@
 Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
 patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
 snapshot. The next run records the killed one as interrupted and plans again from HEAD:
-what was committed is in the applied state and is not applied twice.
+what was committed is in the applied state and is not applied twice. A run asked to stop
+(`stop`, polled at each batch boundary: `kbsync watch` on SIGINT/SIGTERM) ends the same
+way, but records itself as interrupted before it goes.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +60,16 @@ class ApplyResult:
                 "applied": len(self.applied), "known": len(self.known),
                 "skipped": len(self.skipped), "rejected": len(self.rejected),
                 "rejected_keys": self.rejected}
+
+
+class RunAbandoned(KbsyncError):
+    """A stop was asked for (`kbsync watch` got SIGINT/SIGTERM): the run ended at a batch
+    boundary. Batches committed before it stay committed and recorded; the rest are
+    recorded as interrupted and planned again by the next run."""
+
+    def __init__(self, run_id: str | None):
+        super().__init__("stopped on request before the next batch")
+        self.run_id = run_id
 
 
 def check_fresh(plan: Plan, project) -> None:
@@ -118,30 +131,46 @@ def record_committed(ledger: Ledger, snapshot: str, manifest: Manifest,
 
 def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
           emit: Emit = lambda event: None, confirm: Callable[[Plan], bool] | None = None,
-          command: str = "apply") -> ApplyResult:
+          command: str = "apply", refresh: bool = False,
+          stop: Callable[[], bool] | None = None) -> ApplyResult:
+    """`refresh`: also plan drift edits (kbsync.sync.refresh), probing the model the run
+    then edits. `stop`: polled before each batch; true ends the run (RunAbandoned)."""
     from kbsync.project import compute_plan
 
     with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation=command):
         ledger = project.ledger()
         try:
             recover(project, ledger, emit)
+            loaded = None
             if plan is None:
-                plan = compute_plan(project)
+                if refresh:
+                    from kbsync.editing.rebuild import load_at
+                    loaded = load_at(project, read_applied_state(project.kbsync_dir).snapshot_id)
+                plan = compute_plan(project, refresh=refresh, lm=loaded[0] if loaded else None,
+                                    progress=lambda done, total: emit(
+                                        {"type": "progress", "phase": "refresh",
+                                         "done": done, "total": total}))
             else:
                 check_fresh(plan, project)
+            if plan.refresh is not None:
+                emit({"type": "refresh", **plan.refresh})
             emit({"type": "plan", **plan.summary()})
             if not plan.has_changes:
                 return ApplyResult(None, plan.base_snapshot)
             if confirm is not None and not confirm(plan):
                 raise KbsyncError("apply cancelled")
-            return Scheduler(project, plan, ledger, emit, command).run()
+            return Scheduler(project, plan, ledger, emit, command, stop=stop,
+                             loaded=loaded).run()
         finally:
             ledger.close()
 
 
 class Scheduler:
-    def __init__(self, project, plan: Plan, ledger: Ledger, emit: Emit, command: str):
+    def __init__(self, project, plan: Plan, ledger: Ledger, emit: Emit, command: str, *,
+                 stop: Callable[[], bool] | None = None, loaded: tuple | None = None):
         from kbsync.facts.load import load_knowledge_base
+
+        self.stop, self.loaded, self.work = stop or (lambda: False), loaded, []
 
         self.project, self.plan, self.ledger, self.emit = project, plan, ledger, emit
         self.cfg = project.config
@@ -153,33 +182,46 @@ class Scheduler:
         self.command = command
         self.result = ApplyResult(None, self.head)
         self.batch_no = 0
+        self.edit_seconds = 0.0     # editing + gates + commit, bisections included (report)
         self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
         from kbsync.editing.rebuild import load_at
 
-        self.lm, self.editor = load_at(self.project, self.head)
+        self.lm, self.editor = self.loaded or load_at(self.project, self.head)
+        self.run_id = None
+        if self.stop():
+            raise RunAbandoned(None)                 # nothing started, nothing to record
         self.run_id = self.ledger.start_run(
             self.command, facts_hash=self.plan.facts_hash, plan=self.plan.to_dict(),
             editor=self.editor.name, hparams=self.editor.hp.to_dict(),
             base_snapshot=self.head, state_serial=self.serial)
         self.result.run_id = self.run_id
+        drift = [r.fact_key for r in self.plan.requests if r.reason == "drift"]
+        if drift:
+            self.ledger.event(self.run_id, "drift_found", keys=drift, refresh=self.plan.refresh)
         try:
             self.reference = reference_text(GATE_PASSAGES)
             self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
                                             self._measure_base_perplexity)
-            work = self.classify()
+            work = self.work = self.classify()
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
                        "skipped": len(self.result.skipped)})
             size = self.cfg.batch_size
             for start in range(0, len(work), size):
+                began = time.perf_counter()
                 self.commit_or_bisect(work[start:start + size])
+                self.edit_seconds += time.perf_counter() - began
             if self.pending:
                 self.commit(None, [], [])
             self.ledger.event(self.run_id, "run_committed", snapshot=self.result.snapshot,
+                              edit_seconds=round(self.edit_seconds, 3),
                               **{k: len(v) for k, v in self.result.__dict__.items()
                                  if isinstance(v, list)})
+        except RunAbandoned:
+            self._abandon()
+            raise
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
                 self.ledger.event(self.run_id, "run_failed", error=str(exc)[:500])
@@ -191,6 +233,20 @@ class Scheduler:
                              "nothing was committed", hint="`kbsync show " + self.run_id[:12]
                              + "` lists the figures")
         return self.result
+
+    def _abandon(self) -> None:
+        """Record a stopped run: its edits not yet committed or rejected as interrupted,
+        then the run itself, so the ledger says at once what the next run plans again."""
+        if self.run_id is None:
+            return
+        done = set(self.result.applied) | set(self.result.rejected)
+        with self.ledger.transaction():
+            for w in self.work:
+                if w.request.fact_key not in done:
+                    self._record(w.request, "interrupted", pre_answer=w.pre_answer,
+                                 reason="stopped before its batch; planned again next run")
+            self.ledger.event(self.run_id, "run_interrupted", detail="stopped on request",
+                              snapshot=self.result.snapshot)
 
     def _measure_base_perplexity(self) -> float:
         from kbsync.editing.rebuild import load_at
@@ -209,7 +265,7 @@ class Scheduler:
                         paraphrases=tuple(others + list(fact.paraphrases)))
 
     def classify(self) -> list[Work]:
-        from kbsync.lm.score import answers_match, greedy, target_nll
+        from kbsync.lm.score import probe_answers
 
         work: list[Work] = []
         for req in self.plan.requests:
@@ -228,12 +284,12 @@ class Scheduler:
                 work.append(Work(req, self.spec_for(fact, fact.object), fact))
         if not work:
             return []
-        _, known = target_nll(self.lm, [w.spec.text for w in work], [w.spec.target for w in work])
-        answers = greedy(self.lm, [w.spec.text for w in work], max_new_tokens=6)
+        probes = probe_answers(self.lm, [w.spec.text for w in work],
+                               [w.spec.target for w in work])
         todo = []
-        for w, is_known, answer in zip(work, known.tolist(), answers):
+        for w, (is_known, answer) in zip(work, probes):
             w.pre_answer = _first_phrase(answer)
-            if is_known or answers_match(answer, w.spec.target):
+            if is_known:
                 self._record(w.request, "known", reason="the model already answers this",
                              pre_answer=w.pre_answer)
                 self.pending[w.request.fact_key] = w.fact
@@ -260,6 +316,8 @@ class Scheduler:
                       [kb.facts[k].object for k in retained])
 
     def commit_or_bisect(self, batch: list[Work]) -> None:
+        if self.stop():               # a batch boundary: nothing of this batch is done yet
+            raise RunAbandoned(self.run_id)
         self.batch_no += 1
         number = self.batch_no
         self.emit({"type": "batch_start", "batch": number, "size": len(batch),
@@ -347,6 +405,8 @@ class Scheduler:
     def _record(self, req: EditRequest, status: str, *, batch: int | None = None,
                 reason: str | None = None, metrics: dict | None = None,
                 pre_answer: str | None = None) -> None:
+        if req.reason == "drift" and reason and not reason.startswith("drift"):
+            reason = f"drift; {reason}"       # the ledger row keeps the drift marker
         self.ledger.record_edit(self.run_id, req.fact_key, req.op, status,
                                 old_object=req.old_object, new_object=req.new_object,
                                 batch=batch, reason=reason or req.reason, metrics=metrics,
@@ -361,8 +421,5 @@ def _first_applied_edit(ledger: Ledger, fact_key: str) -> dict | None:
 
 
 def _first_phrase(answer: str) -> str:
-    """The object part of a greedy continuation: up to the first line break or stop."""
-    text = answer.strip().split("\n")[0]
-    for stop in (".", ",", ";", " and ", " in ", " who ", " which "):
-        text = text.split(stop)[0]
-    return text.strip()
+    from kbsync.lm.score import first_phrase
+    return first_phrase(answer)

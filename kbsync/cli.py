@@ -104,7 +104,8 @@ def main(ctx: click.Context, directories: tuple[Path, ...]) -> None:
     """Keep a language model in agreement with a knowledge base of facts.
 
     Exit codes: 0 ok, 1 error, 2 usage error or (plan --detailed-exitcode) changes
-    present, 3 lock held, 4 gate failed, 5 integrity failure.
+    present or (refresh --check) drift found, 3 lock held, 4 gate failed, 5 integrity
+    failure.
     """
     cwd = Path.cwd()
     for directory in directories:
@@ -149,18 +150,21 @@ def plan_lines(plan) -> list[str]:
         sign, color = _OP_STYLE[r.op]
         if r.op == "add":
             text = f"{sign} add  {r.fact_key}: {r.new_object}"
+        elif r.reason == "drift":
+            text = f"{sign} drift  {r.fact_key}: {r.new_object} (the model answers {r.observed!r})"
         elif r.op == "update":
             text = f"{sign} update {r.fact_key}: {r.old_object} -> {r.new_object}"
         else:
             text = f"{sign} remove {r.fact_key}: {r.old_object}"
-        if r.reason != "diff":
+        if r.reason not in ("diff", "drift"):
             text += f"  ({r.reason})"
         lines.append(click.style(text, fg=color))
     counts = plan.summary()
     if not plan.requests:
         lines.append("No changes.")
     else:
-        lines += ["", f"Plan: {counts['add']} to add, {counts['change']} to change, "
+        drift = f" ({counts['drift']} drifted)" if counts.get("drift") else ""
+        lines += ["", f"Plan: {counts['add']} to add, {counts['change']} to change{drift}, "
                       f"{counts['remove']} to remove."]
     return lines
 
@@ -173,14 +177,18 @@ def plan_lines(plan) -> list[str]:
               help="Exit 0 when there are no changes, 2 when there are.")
 @click.option("--from", "from_rev", metavar="REV",
               help="Diff against the facts at git revision REV instead of the applied state.")
+@click.option("--refresh", is_flag=True,
+              help="Also probe the model for every committed fact; plan edits for drift.")
 @pass_env
 @handle_errors
 def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
-         from_rev: str | None) -> None:
+         from_rev: str | None, refresh: bool) -> None:
     """Show what apply would change in the model; changes nothing."""
+    from kbsync.cli_sync import refresh_progress
     from kbsync.project import compute_plan
 
-    result = compute_plan(env.project(), from_rev=from_rev)
+    result = compute_plan(env.project(), from_rev=from_rev, refresh=refresh,
+                          progress=refresh_progress(not as_json))
     if out is not None:
         from kbsync.store.atomic import atomic_write_text
 
@@ -197,6 +205,9 @@ def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
 
 
 from kbsync import cli_model  # noqa: E402,F401  (registers apply, log, show, ... on main)
+from kbsync import cli_report  # noqa: E402,F401  (registers report)
+from kbsync import cli_bench  # noqa: E402,F401  (registers bench quality / speed)
+from kbsync import cli_sync  # noqa: E402,F401  (registers watch, refresh)
 
 if __name__ == "__main__":  # `python -m kbsync.cli`
     # this file runs as __main__ here; the commands of cli_model are registered on the

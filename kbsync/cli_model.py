@@ -16,14 +16,22 @@ from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 def _printer(as_json: bool):
     """Events as JSON lines on stdout, or short human lines and a progress bar (over the
     edits to make) on stderr."""
-    bar = None
+    bar = refresh_bar = None
 
     def emit(event: dict) -> None:
-        nonlocal bar
+        nonlocal bar, refresh_bar
         if as_json:
             echo_json(event)
             return
         kind = event.get("type")
+        if kind == "progress" and event.get("phase") == "refresh":
+            if refresh_bar is None:
+                from kbsync.cli_sync import refresh_progress
+                refresh_bar = refresh_progress()
+            refresh_bar(event["done"], event["total"])
+        elif kind == "refresh":
+            click.echo(f"refresh: {event['probed']} committed fact(s) probed, "
+                       f"{event['drifted']} drifted", err=True)
         if kind == "edits" and event["total"]:
             from tqdm import tqdm
             click.echo(f"{event['known']} already known, {event['skipped']} skipped, "
@@ -56,11 +64,13 @@ def _printer(as_json: bool):
 @click.option("--auto-approve", is_flag=True, help="Apply without asking for confirmation.")
 @click.option("--lock-timeout", default=0.0, show_default=True, metavar="S",
               help="Seconds to wait for another kbsync holding the project lock.")
+@click.option("--refresh", is_flag=True,
+              help="Also probe the model for every committed fact and edit back the drifted.")
 @json_option
 @pass_env
 @handle_errors
 def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: float,
-          as_json: bool) -> None:
+          refresh: bool, as_json: bool) -> None:
     """Plan (or take PLANFILE), edit the model in gated batches, commit snapshots."""
     from kbsync.apply import apply as run_apply
     from kbsync.cli import plan_lines
@@ -68,6 +78,9 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
 
     project = env.project()
     plan = None
+    if planfile and refresh:
+        raise click.UsageError("--refresh plans afresh; a saved plan is applied as it is "
+                               "(make it with `kbsync plan --refresh -o FILE`)")
     if planfile:
         plan = Plan.from_json(env.path(planfile).read_text())
         if getattr(plan, "from_rev", None):
@@ -84,7 +97,7 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
         return click.confirm("Apply these changes to the model?", err=True)
 
     result = run_apply(project, plan, lock_timeout=lock_timeout, emit=_printer(as_json),
-                       confirm=confirm)
+                       confirm=confirm, refresh=refresh)
     if not as_json:
         if result.run_id is None:
             click.echo("No changes.")
@@ -210,36 +223,6 @@ def editors(as_json: bool) -> None:
 
     for name, desc in editor_names().items():
         echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<12} {desc}")
-
-
-@main.group()
-def bench() -> None:
-    """Benchmarks on real data."""
-
-
-@bench.command("quality")
-@click.option("--editor", required=True)
-@click.option("--dataset", type=click.Choice(["counterfact", "zsre"]), default="counterfact")
-@click.option("--edits", default=100, show_default=True)
-@click.option("--batch", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--model", default="default", show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
-@json_option
-@handle_errors
-def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, as_json) -> None:
-    """N sequential edits in batches of B, all scored after the last batch."""
-    from kbsync.bench.quality import run_quality
-
-    result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
-                         hparams=json.loads(hparams))
-    if as_json:
-        echo_json(result)
-        return
-    for key, value in result.items():
-        if key != "hparams":
-            click.echo(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
 
 
 @main.group()

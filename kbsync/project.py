@@ -107,20 +107,34 @@ def init_project(directory: Path | str, model: str = "default",
     return project
 
 
-def compute_plan(project: Project, from_rev: str | None = None):
+def compute_plan(project: Project, from_rev: str | None = None, *, refresh: bool = False,
+                 lm=None, progress=None):
     """Diff the desired facts against the applied state (or, with `from_rev`, against the
-    facts at that git revision). Returns a kbsync.plan.Plan; changes nothing."""
+    facts at that git revision). Returns a kbsync.plan.Plan; changes nothing.
+
+    `refresh` also probes the model at HEAD (`lm` if given, else loaded) for every
+    committed fact and adds a drift update for each one it no longer answers
+    (kbsync.sync.refresh); `progress(done, total)` follows the probing."""
     from kbsync.facts.load import load_knowledge_base
     from kbsync.plan.diff import diff
     from kbsync.plan.gitrev import facts_at_revision, git_info
     from kbsync.plan.plan import Plan
     from kbsync.store.state import read_applied_state
 
+    if refresh and from_rev is not None:
+        raise KbsyncError("--refresh probes the model at HEAD; it cannot be combined with "
+                          "--from REV", hint="use one or the other")
     facts_dir = project.facts_dir
     desired = load_knowledge_base(facts_dir)
     state = read_applied_state(project.kbsync_dir)
     applied = state.kb if from_rev is None else facts_at_revision(facts_dir, from_rev)
-    return Plan(requests=diff(applied, desired), base_serial=state.serial,
+    requests, report = diff(applied, desired), None
+    if refresh:
+        from kbsync.sync.refresh import drift_requests, refresh as probe
+
+        report = probe(project, desired=desired, state=state, lm=lm, progress=progress)
+        requests += drift_requests(report, desired)
+    return Plan(requests=requests, base_serial=state.serial,
                 base_snapshot=state.snapshot_id, facts_hash=desired.content_hash(),
                 facts_dir=project.relative(facts_dir), git=git_info(facts_dir),
-                from_rev=from_rev)
+                from_rev=from_rev, refresh=report.summary() if report else None)

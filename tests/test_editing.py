@@ -161,7 +161,7 @@ def _with_bos(tok):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_cache_gives_the_full_sequence_hidden_states(family):
-    from kbsync.editing.hooks import run
+    from kbsync.editing.hooks import run, shift_block_output
     from kbsync.editing.prefix import PrefixRunner, split_at_subject
     from kbsync.editing.targets import _rows
 
@@ -172,12 +172,20 @@ def test_prefix_cache_gives_the_full_sequence_hidden_states(family):
     batch = encode(lm.tokenizer, *_rows(specs, contexts)[:3])
     split = split_at_subject(batch)
     assert split.width > 0 and int(split.suffix.subject_pos.abs().sum()) == 0
+    rows = torch.arange(len(batch.subject_pos))
+    shift = torch.randn(len(rows), 64) * 0.5
     with torch.no_grad():
         full = run(lm.model, batch).last_hidden_state
-        fast = PrefixRunner(lm.model, split)
-        for _ in range(2):   # the cache is reusable: a second run gives the same states
-            suffix = fast()
+        with shift_block_output(lm.model, 2, rows, batch.subject_pos, lambda: shift):
+            full_shifted = run(lm.model, batch).last_hidden_state
+    for frozen_below in (0, 2):
+        fast = PrefixRunner(lm.model, split, frozen_below=frozen_below)
+        with torch.no_grad():
+            runs = [fast()]                              # records blocks below 2
+            with shift_block_output(lm.model, 2, rows, split.suffix.subject_pos, lambda: shift):
+                runs += [fast(), fast()]                 # replays them
+        for suffix, want in zip(runs, [full, full_shifted, full_shifted]):
             for r, cut in enumerate(batch.subject_pos.tolist()):
                 n = int(batch.attention_mask[r].sum())
-                torch.testing.assert_close(suffix[r, : n - cut], full[r, cut:n],
+                torch.testing.assert_close(suffix[r, : n - cut], want[r, cut:n],
                                            atol=1e-4, rtol=1e-4)

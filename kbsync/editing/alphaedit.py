@@ -32,9 +32,12 @@ class AlphaEdit(LocateThenEdit):
         proj = self.projector(layer, cov)                             # (d_in, d_in)
         past = self.state.get(f"past_kkt.{layer}")
         kkt = keys @ keys.T + (past.to(keys) if past is not None else 0)
-        system = proj @ kkt + self.hp.l2 * torch.eye(len(proj), dtype=keys.dtype)
+        system = proj @ kkt + self.hp.l2 * torch.eye(len(proj), dtype=keys.dtype, device=keys.device)
         v = torch.linalg.solve(system, proj @ keys)                   # (d_in, n)
         return resid, v
+
+    def solve_flops(self, d_in: int, n: int) -> float:
+        return super().solve_flops(d_in, n) + 2 * d_in ** 3 + 2 * d_in * d_in * n   # P·KKᵀ, P·K
 
     def state_update(self, lm, specs, contexts):
         # the keys themselves (n, d_in) travel with the patch: far smaller than d_in² sums

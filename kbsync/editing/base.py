@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from kbsync.editing.clock import PhaseClock
 from kbsync.editing.contexts import context_templates
 from kbsync.editing.hparams import HParams
 from kbsync.editing.keys import keys_and_outputs
@@ -24,6 +25,7 @@ from kbsync.editing.request import EditSpec
 from kbsync.editing.stats import second_moments
 from kbsync.editing.targets import optimise_targets
 from kbsync.errors import EditorError
+from kbsync.lm import arch
 
 
 class Editor(Protocol):
@@ -42,6 +44,7 @@ class LocateThenEdit:
         self.hp = hparams
         self.state: dict[str, torch.Tensor] = {}
         self.last_stats: dict = {}
+        self.clock = PhaseClock()
 
     # -- what subclasses provide -------------------------------------------------------
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor,
@@ -52,6 +55,11 @@ class LocateThenEdit:
     def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
         return {}
 
+    def solve_flops(self, d_in: int, n: int) -> float:
+        """float64 FLOPs of one layer's solve (for `bench speed`'s floor): forming λC + KKᵀ,
+        then an LU solve with n right-hand sides."""
+        return 2 * d_in * d_in * n + 2 / 3 * d_in ** 3 + 2 * d_in * d_in * n
+
     # -- shared machinery ---------------------------------------------------------------
     def covariances(self, lm) -> dict[int, torch.Tensor]:
         return second_moments(lm, list(self.hp.layers), self.hp.stats_tokens)
@@ -59,25 +67,36 @@ class LocateThenEdit:
     def edit(self, lm, specs: list[EditSpec]) -> WeightPatch:
         if not specs:
             return WeightPatch.empty()
-        hp, layers = self.hp, sorted(self.hp.layers)
-        covs = self.covariances(lm)
+        hp, layers, clock = self.hp, sorted(self.hp.layers), self.clock
+        with clock.phase("stats", lm.device):
+            covs = self.covariances(lm)
         contexts = context_templates(lm, hp.contexts, hp.context_length, hp.seed)
-        target = optimise_targets(lm, specs, contexts, hp.target_params())
-        self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist()}
+        with clock.phase("targets", lm.device):
+            target = optimise_targets(lm, specs, contexts, hp.target_params())
+        self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist(),
+                           "target_tokens": target.tokens}
         patch = WeightPatch({})
         originals = save_layers(lm.model, layers)
         try:
             for i, layer in enumerate(layers):
-                keys, current = keys_and_outputs(lm, specs, contexts, [layer], hp.target_layer)
-                resid = (target.z - current) / (len(layers) - i)          # (n, d_out)
-                u, v = self.solve(layer, keys[layer].T.double(), resid.T.double(),
-                                  covs[layer].to(torch.float64))
-                step = WeightPatch({layer: (u.float(), v.float())})
+                with clock.phase("keys", lm.device):
+                    keys, current = keys_and_outputs(lm, specs, contexts, [layer],
+                                                     hp.target_layer)
+                resid = (target.z.to(current.device) - current) / (len(layers) - i)   # (n, d_out)
+                # solved where the layer lives (each GPU of a device map), in float64:
+                # λC + KKᵀ spans many orders of magnitude
+                dev = arch.weight_of(lm.model, layer).device
+                with clock.phase("solve", dev):
+                    u, v = self.solve(layer, keys[layer].T.to(dev, torch.float64),
+                                      resid.T.to(dev, torch.float64),
+                                      covs[layer].to(dev, torch.float64))
+                step = WeightPatch({layer: (u.float().cpu(), v.float().cpu())})
                 if not step.is_finite():
                     raise EditorError(f"{self.name}: non-finite update at layer {layer}")
                 step.apply(lm.model)
                 patch.factors[layer] = step.factors[layer]
-            patch.state_update = self.state_update(lm, specs, contexts)
+            with clock.phase("keys", lm.device):
+                patch.state_update = self.state_update(lm, specs, contexts)
         finally:   # bit for bit: W + Δ - Δ is only W up to rounding
             restore_layers(lm.model, originals)
         return patch

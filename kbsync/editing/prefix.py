@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from kbsync.editing.tokens import Batch
+from kbsync.lm import arch
 
 
 @dataclass
@@ -71,13 +72,30 @@ def to_device(split: SplitBatch, device) -> SplitBatch:
                       split.suffix_pos.to(device))
 
 
-class PrefixRunner:
-    """Runs the suffix of a SplitBatch over the cached prefix. Every run extends a copy of
-    the prefix cache: cropping the extended cache would keep the last step's autograd
-    graph alive in it."""
+class _Replay(torch.nn.Module):
+    """Stands in for a block whose output on the suffix cannot change: returns it as
+    recorded (tuple or tensor, whatever the family's block returns)."""
 
-    def __init__(self, model, split: SplitBatch):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+class PrefixRunner:
+    """Runs the suffix of a SplitBatch over the cached prefix.
+
+    Every run extends a copy of the prefix cache: cropping the extended cache would keep
+    the last step's autograd graph alive in it. With `frozen_below=z`, the first run records
+    the outputs of blocks 0..z-1 and later runs replay them instead of computing them: δ
+    enters at block z's output, so nothing below it changes from step to step."""
+
+    def __init__(self, model, split: SplitBatch, frozen_below: int = 0):
         self.model, self.split = model, split
+        self.frozen_below = frozen_below
+        self.recorded: list | None = None
         self.cache = None
         if split.width:
             from transformers import DynamicCache
@@ -89,11 +107,37 @@ class PrefixRunner:
                                  position_ids=split.prefix_pos, past_key_values=self.cache,
                                  use_cache=True)
 
-    def __call__(self) -> torch.Tensor:
-        """Last hidden states of the suffix, (B, Q, d)."""
+    def _forward(self) -> torch.Tensor:
         s = self.split
         cache = copy.deepcopy(self.cache)
         return self.model.base_model(
             input_ids=s.suffix.input_ids, attention_mask=s.full_mask(),
             position_ids=s.suffix_pos, past_key_values=cache,
             use_cache=cache is not None).last_hidden_state
+
+    def __call__(self) -> torch.Tensor:
+        """Last hidden states of the suffix, (B, Q, d)."""
+        blocks = arch.get_module(self.model, arch.arch_for(self.model).blocks)
+        low = range(self.frozen_below)
+        if self.recorded is None:
+            self.recorded = [None] * self.frozen_below
+            handles = [blocks[i].register_forward_hook(self._recorder(i)) for i in low]
+            try:
+                with torch.no_grad():
+                    return self._forward()
+            finally:
+                for h in handles:
+                    h.remove()
+        originals = [blocks[i] for i in low]
+        try:
+            for i in low:
+                blocks[i] = _Replay(self.recorded[i])
+            return self._forward()
+        finally:
+            for i, block in zip(low, originals):
+                blocks[i] = block
+
+    def _recorder(self, layer: int):
+        def hook(_module, _inputs, output):
+            self.recorded[layer] = output
+        return hook

@@ -34,6 +34,7 @@ class TargetResult:
     delta: torch.Tensor      # (n, d_model)
     steps: int
     nll: torch.Tensor        # (n,) final mean target NLL over prompts
+    tokens: dict             # real (unpadded) tokens: prefix (once), suffix and target (per step)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     tok_count = torch.tensor([len(batch.target_pos[r]) for r in range(n_rw)], device=device)
     kl_rows = rows[n_rw:]
 
-    run_suffix = PrefixRunner(model, split)
+    run_suffix = PrefixRunner(model, split, frozen_below=p.z_layer)
     with torch.no_grad():
         store: dict = {}
         with capture_block_output(model, p.z_layer, store):
@@ -124,7 +125,9 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
             scale = (p.clamp * h_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
             delta.mul_(scale[:, None])
     delta = delta.detach()
-    return TargetResult(h0 + delta, delta, step, nll_req.detach())
+    tokens = {"prefix": int(split.prefix_mask.sum()), "suffix": int(batch.attention_mask.sum()),
+              "target": len(tok_ids), "rows": len(texts)}
+    return TargetResult(h0 + delta, delta, step, nll_req.detach(), tokens)
 
 
 def _all_per_row(flags: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -81,6 +81,30 @@ def answers_match(answer: str, expected: str) -> bool:
     return answer.strip().lower().startswith(expected.strip().lower())
 
 
+def probe_answers(lm, prompts: list[str], targets: list[str],
+                  max_new_tokens: int = 6) -> list[tuple[bool, str]]:
+    """Per pair: (whether the model answers it, its greedy continuation).
+
+    The one definition of "the model answers this fact", shared by apply (a fact it
+    already answers needs no edit) and refresh (a committed fact it no longer answers
+    has drifted), so the two can never disagree: every target token is the argmax when
+    teacher forced, or the greedy continuation starts with the target."""
+    if not prompts:
+        return []
+    _, top1 = target_nll(lm, prompts, targets)
+    answers = greedy(lm, prompts, max_new_tokens=max_new_tokens)
+    return [(bool(known) or answers_match(answer, target), answer)
+            for known, answer, target in zip(top1.tolist(), answers, targets)]
+
+
+def first_phrase(answer: str) -> str:
+    """The object part of a greedy continuation: up to the first line break or stop."""
+    text = answer.strip().split("\n")[0]
+    for stop in (".", ",", ";", " and ", " in ", " who ", " which "):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
 def perplexity(lm, texts: list[str], seq_len: int = 256) -> float:
     ids = []
     for t in texts:

@@ -21,7 +21,7 @@ from kbsync.facts.schema import Fact
 
 __all__ = ["FORMAT_VERSION", "EditRequest", "Plan"]
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"   # 1.1: EditRequest.observed, Plan.refresh (drift refresh)
 _READABLE_MAJOR = 1
 
 
@@ -35,6 +35,10 @@ class EditRequest(BaseModel):
     add: new_object only; update: old_object -> new_object; remove: old_object only.
     `fact` is the desired fact (add/update) with its paraphrases and locality probes, so a
     plan file says exactly what the gates will check.
+
+    A drift request (`reason` "drift", from `--refresh`) is an update whose old and new
+    object are the same: the applied state holds the fact but the model no longer
+    answers it; `observed` is what it answered instead.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -47,6 +51,8 @@ class EditRequest(BaseModel):
     new_object: str | None
     reason: Literal["diff", "drift"] = "diff"
     fact: Fact | None = None
+    # drift (`--refresh`): what the model answered instead of the object when probed
+    observed: str | None = None
 
     @model_validator(mode="after")
     def _objects_match_op(self) -> EditRequest:
@@ -72,11 +78,18 @@ class Plan(BaseModel):
     created_at: str = Field(default_factory=_utc_now)
     from_rev: str | None = None              # set when diffed against a git revision
     kbsync_version: str = __version__
+    # set by `--refresh`: {"snapshot", "probed", "drifted"}; None = the model was not probed
+    refresh: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
+        """Counts per op; with `drift` (updates planned because the model drifted, a
+        subset of `change`) only for a refreshed plan, which is the only kind that knows."""
         ops = [r.op for r in self.requests]
-        return {"add": ops.count("add"), "change": ops.count("update"),
-                "remove": ops.count("remove")}
+        counts = {"add": ops.count("add"), "change": ops.count("update"),
+                  "remove": ops.count("remove")}
+        if self.refresh is not None:
+            counts["drift"] = sum(r.reason == "drift" for r in self.requests)
+        return counts
 
     @property
     def has_changes(self) -> bool:

@@ -1,0 +1,75 @@
+"""`kbsync bench quality` and `kbsync bench speed`: thin wrappers over kbsync.bench."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from kbsync.cli import echo_json, handle_errors, json_option, main
+
+
+def _print_table(result: dict) -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):
+            continue
+        click.echo(f"{key:<32} {value:.4g}" if isinstance(value, float) else f"{key:<32} {value}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: edit quality on real data, and speed against the machine's floor."""
+
+
+@bench.command("quality")
+@click.option("--editor", required=True)
+@click.option("--dataset", type=click.Choice(["counterfact", "zsre"]), default="counterfact")
+@click.option("--edits", default=100, show_default=True)
+@click.option("--batch", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", default="default", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
+@json_option
+@handle_errors
+def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, as_json) -> None:
+    """N sequential edits in batches of B, all scored after the last batch."""
+    from kbsync.bench.quality import run_quality
+
+    result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
+                         hparams=json.loads(hparams))
+    if as_json:
+        echo_json(result)
+        return
+    _print_table(result)
+
+
+@bench.command("speed")
+@click.option("--model", default="default", show_default=True,
+              help="A model directory, `default`, or `llama3-8b-shape` (random weights, GPU).")
+@click.option("--editor", default="alphaedit", show_default=True)
+@click.option("--edits", default=50, show_default=True)
+@click.option("--batch", default=10, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--fixed-steps", type=int, default=None,
+              help="Target-optimisation steps without early stop, so runs do equal work.")
+@json_option
+@handle_errors
+def bench_speed(model, editor, edits, batch, device, seed, fixed_steps, as_json) -> None:
+    """Seconds per edit by phase, peak memory, and the floor of this machine."""
+    from kbsync.bench.speed import PHASES, run_speed
+
+    result = run_speed(model, editor, edits, batch, device=device, seed=seed,
+                       fixed_steps=fixed_steps)
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"{'phase':<10} {'s/edit':>10} {'floor s/edit':>14} {'x floor':>8}")
+    for phase in PHASES + ("total",):
+        key = "" if phase == "total" else f"{phase}_"
+        took, least = result[f"{key}seconds_per_edit"], result[f"{key}floor_seconds_per_edit"]
+        ratio = f"{took / least:8.1f}" if least else f"{'-':>8}"
+        click.echo(f"{phase:<10} {took:10.3f} {least:14.4f} {ratio}")
+    click.echo(f"stats (cached per model): {result['stats_seconds']:.1f} s; peak memory "
+               f"{result['peak_memory_bytes'] / 2**30:.2f} GiB on {result['device']}")
