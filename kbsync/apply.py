@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kbsync.editing.request import EditSpec
-from kbsync.errors import EditorError, GateFailed, IntegrityError, KbsyncError
+from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
 from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
 from kbsync.evaluate.probes import GENERAL_PROMPTS
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.plan.plan import EditRequest, Plan
+from kbsync.recovery import check_fresh, record_committed, recover
 from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
@@ -70,63 +71,6 @@ class RunAbandoned(KbsyncError):
     def __init__(self, run_id: str | None):
         super().__init__("stopped on request before the next batch")
         self.run_id = run_id
-
-
-def check_fresh(plan: Plan, project) -> None:
-    """Refuse a saved plan whose base state or facts changed since it was made."""
-    from kbsync.facts.load import load_knowledge_base
-
-    state = read_applied_state(project.kbsync_dir)
-    if plan.base_serial != state.serial or plan.base_snapshot != state.snapshot_id:
-        raise IntegrityError(f"plan is stale: it was made at state serial {plan.base_serial}, "
-                             f"the project is now at serial {state.serial}",
-                             hint="run `kbsync plan` again")
-    current = load_knowledge_base(project.facts_dir).content_hash()
-    if current != plan.facts_hash:
-        raise IntegrityError("plan is stale: the facts changed since it was made",
-                             hint="run `kbsync plan` again")
-
-
-def recover(project, ledger: Ledger, emit: Emit) -> list[str]:
-    """Record runs that never finished (killed, crashed) as interrupted.
-
-    A run killed after a commit point (HEAD moved) but before that batch's ledger rows
-    were written leaves a committed snapshot the ledger does not know: its snapshot row
-    and its applied edits (with their pre-edit answers, kept in the manifest's meta) are
-    recorded here first, so history and later removes see what was really applied."""
-    snapshots = SnapshotStore(project.kbsync_dir)
-    head = snapshots.head()
-    committed = snapshots.history(head) if head else []
-    interrupted = []
-    for run in ledger.open_runs():
-        run_id = run["run_id"]
-        recorded = {r["snapshot_id"] for r in ledger.rows("snapshots", "run_id = ?", [run_id])}
-        with ledger.transaction():
-            for sid, m in committed:
-                if m.run_id == run_id and sid not in recorded:
-                    record_committed(ledger, sid, m,
-                                     reason="committed before the run was interrupted")
-            ledger.event(run_id, "run_interrupted", detail="found unfinished by a later run")
-        interrupted.append(run_id)
-        emit({"type": "recovered", "run_id": run_id})
-    return interrupted
-
-
-def record_committed(ledger: Ledger, snapshot: str, manifest: Manifest,
-                     reason: str | None = None) -> None:
-    """The ledger rows of a committed batch, from its manifest: the snapshot, its applied
-    edits with their pre-edit answers, the batch_committed event."""
-    run_id, edits = manifest.run_id, manifest.meta.get("edits", [])
-    with ledger.transaction():
-        ledger.record_snapshot(snapshot, run_id, manifest.parent, manifest.serial,
-                               rollback_of=manifest.rollback_of)
-        for e in edits:
-            ledger.record_edit(run_id, e["fact_key"], e["op"], "applied",
-                               old_object=e.get("old_object"), new_object=e.get("new_object"),
-                               batch=manifest.meta.get("batch"), reason=reason or e.get("reason"),
-                               pre_answer=e.get("pre_answer"))
-        ledger.event(run_id, "batch_committed", snapshot=snapshot, edits=len(edits),
-                     **({"recovered": True} if reason else {}))
 
 
 def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
@@ -333,9 +277,9 @@ class Scheduler:
         if patch is not None:
             from kbsync.editing.patch import save_layers
             from kbsync.lm import arch
-            saved = save_layers(self.lm.model, patch.factors)   # revert cannot undo NaN
+            saved = save_layers(self.lm.model, patch.layers)    # revert cannot undo NaN
             patch.apply(self.lm.model)
-            weights = [arch.weight_of(self.lm.model, l) for l in patch.factors]
+            weights = [arch.weight_of(self.lm.model, l) for l in patch.layers]
             checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
                            self.reference, weights)
         for c in checks:
@@ -367,7 +311,7 @@ class Scheduler:
         for w in batch:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
-        patch_id = self.objects.put_tensors(patch.tensors()) if patch and patch.factors else None
+        patch_id = self.objects.put_tensors(patch.tensors()) if patch and patch.layers else None
         manifest = Manifest(
             parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
             editor=self.editor.name, hparams=self.editor.hp.to_dict(), patch=patch_id,

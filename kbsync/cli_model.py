@@ -221,8 +221,10 @@ def editors(as_json: bool) -> None:
     """List the editing methods."""
     from kbsync.editing.registry import editor_names
 
-    for name, desc in editor_names().items():
-        echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<12} {desc}")
+    names = editor_names()
+    width = max(map(len, names))       # composite names (lyaplock+alphaedit) are long
+    for name, desc in names.items():
+        echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<{width}} {desc}")
 
 
 @main.group()

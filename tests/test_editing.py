@@ -76,10 +76,12 @@ def test_preservation_term_is_what_spares_it():
     assert _kl(before, next_token_logprobs(lm, [UNRELATED])) > 0.05
 
 
+# memit+rect: a dense delta per layer (WeightPatch.dense) instead of factors
+@pytest.mark.parametrize("editor", ["memit", "memit+rect"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_patch_apply_revert_round_trip(family):
+def test_patch_apply_revert_round_trip(family, editor):
     lm = tiny_model(family)
-    ed = make_editor("memit", lm.model.config, TINY_HPARAMS)
+    ed = make_editor(editor, lm.model.config, TINY_HPARAMS)
     before = _weights(lm)
     patch = ed.edit(lm, [SPEC])
     patch.apply(lm.model)
@@ -89,7 +91,8 @@ def test_patch_apply_revert_round_trip(family):
     for name, w in lm.model.state_dict().items():
         torch.testing.assert_close(w, before[name], atol=1e-6, rtol=0)
     again = WeightPatch.from_tensors(patch.tensors())
-    for layer in patch.factors:
+    assert again.layers == patch.layers == TINY_HPARAMS["layers"]
+    for layer in patch.layers:
         assert torch.equal(again.delta(layer), patch.delta(layer))
 
 

@@ -12,8 +12,9 @@ phase really processed (no padding):
   targets   prefix once through every block; each step the suffix forward through every
             block and backward through the blocks above the target layer; the unembedding
             (2·d·V) forward and backward at each target token
-  keys      the prompts (without targets) up to the highest edited layer, once per edited
-            layer (MEMIT's spread recomputes them) and once for the editor's memory
+  keys      the rewrite prompts (without targets) up to the target layer, once per edited
+            layer (MEMIT's spread recomputes them), and up to the highest edited layer once
+            more for an editor that remembers past keys
   solve     the editor's own count in float64 (Editor.solve_flops)
   gates     the probe prompts forward through the whole model, twice (parent, candidate),
             and the candidate's perplexity on the reference text
@@ -39,7 +40,7 @@ class MachineRates:
                 "copy_bytes_per_s": self.copy_bytes}
 
 
-def _best_seconds(fn, device, repeats: int = 3) -> float:
+def _best_seconds(fn, device, repeats: int = 5) -> float:
     fn()                                  # warm up (allocations, kernel choice)
     best = float("inf")
     for _ in range(repeats):
@@ -56,7 +57,7 @@ def _best_seconds(fn, device, repeats: int = 3) -> float:
 def measure_rates(device, dtype: torch.dtype) -> MachineRates:
     device = torch.device(device)
     big = device.type == "cuda"
-    n, n64 = (8192, 4096) if big else (1536, 768)
+    n, n64 = (8192, 4096) if big else (2048, 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     a64 = torch.randn(n64, n64, device=device, dtype=torch.float64)
     flops = 2 * n ** 3 / _best_seconds(lambda: a @ a, device)
@@ -93,9 +94,12 @@ def target_flops(shape: ModelShape, tokens: dict, steps: int, z_layer: int) -> f
     return shape.forward_flops(tokens["prefix"]) + steps * per_step
 
 
-def keys_flops(shape: ModelShape, prompt_tokens: int, layers: list[int], z_layer: int) -> float:
-    reach = max(max(layers), z_layer) + 1
-    return (len(layers) + 1) * shape.forward_flops(prompt_tokens, reach)
+def keys_flops(shape: ModelShape, prompt_tokens: int, layers: list[int], z_layer: int,
+               memory_pass: bool) -> float:
+    """One pass per edited layer up to the target layer (keys and the current output
+    there), and one up to the highest edited layer if the editor keeps past keys."""
+    return (len(layers) * shape.forward_flops(prompt_tokens, z_layer + 1)
+            + memory_pass * shape.forward_flops(prompt_tokens, max(layers) + 1))
 
 
 def gate_flops(shape: ModelShape, probe_tokens: int, probe_prompts: int,

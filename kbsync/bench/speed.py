@@ -20,6 +20,7 @@ import torch
 from kbsync.bench import floor
 from kbsync.bench.datasets import DATASETS, Case
 from kbsync.config import Gates
+from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.clock import PhaseClock
 from kbsync.editing.registry import make_editor
 from kbsync.evaluate.drift import GATE_PASSAGES, reference_text
@@ -103,7 +104,7 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
             patch.apply(lm.model)
             with clock.phase("gates", dev):
                 check(lm, probes, parent, gates, base_ppl, reference,
-                      [arch.weight_of(lm.model, l) for l in patch.factors])
+                      [arch.weight_of(lm.model, l) for l in patch.layers])
             with clock.phase("commit", dev):
                 ed.accept(patch)
                 head = _commit(Path(store), patch, number, head, lm, ed)
@@ -140,9 +141,9 @@ def _count_work(work: dict, rates: floor.MachineRates, shape: floor.ModelShape, 
     tokens = stats["target_tokens"]
     work["targets"] += floor.target_flops(shape, tokens, stats["target_steps"],
                                           hp.target_layer) / rates.flops
-    prompt_tokens = tokens["prefix"] + tokens["suffix"] - tokens["target"]
-    work["keys"] += floor.keys_flops(shape, prompt_tokens, list(hp.layers),
-                                     hp.target_layer) / rates.flops
+    remembers = type(ed).state_update is not LocateThenEdit.state_update
+    work["keys"] += floor.keys_flops(shape, tokens["rewrite_prompts"], list(hp.layers),
+                                     hp.target_layer, remembers) / rates.flops
     d_in = arch.dims(lm.model, hp.layers[0])[1]
     work["solve"] += len(hp.layers) * ed.solve_flops(d_in, len(chunk)) / rates.flops_fp64
     texts = (probes.edit_prompts + probes.para_prompts + probes.locality_prompts

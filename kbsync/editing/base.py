@@ -12,10 +12,12 @@ edited so far (MEMIT's spread), and the editor's solve turns them into Δ = U V�
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
 
+from kbsync.editing import regularize
 from kbsync.editing.clock import PhaseClock
 from kbsync.editing.contexts import context_templates
 from kbsync.editing.hparams import HParams
@@ -41,7 +43,7 @@ class LocateThenEdit:
     name = "locate-then-edit"
 
     def __init__(self, hparams: HParams):
-        self.hp = hparams
+        self.hp = regularize.resolve(hparams)     # RECT/PRUNE defaults, if one is chosen
         self.state: dict[str, torch.Tensor] = {}
         self.last_stats: dict = {}
         self.clock = PhaseClock()
@@ -90,23 +92,44 @@ class LocateThenEdit:
                     u, v = self.solve(layer, keys[layer].T.to(dev, torch.float64),
                                       resid.T.to(dev, torch.float64),
                                       covs[layer].to(dev, torch.float64))
-                step = WeightPatch({layer: (u.float().cpu(), v.float().cpu())})
+                    # the one hook point of RECT/PRUNE, for every editor: u vᵀ as it is
+                    # without a regulariser
+                    step = regularize.step(self.hp, layer, u, v,
+                                           arch.weight_of(lm.model, layer), self.state)
                 if not step.is_finite():
                     raise EditorError(f"{self.name}: non-finite update at layer {layer}")
                 step.apply(lm.model)
-                patch.factors[layer] = step.factors[layer]
+                patch.merge(step)
             with clock.phase("keys", lm.device):
-                patch.state_update = self.state_update(lm, specs, contexts)
+                patch.state_update.update(self.state_update(lm, specs, contexts))
         finally:   # bit for bit: W + Δ - Δ is only W up to rounding
             restore_layers(lm.model, originals)
         return patch
 
+    def __init_subclass__(cls, **kwargs):
+        # an editor's own accept (its memory) never sees the regulariser's state entries,
+        # and they are folded whatever that accept does: wrap it once per class
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls.accept, "folds_regularizer", False):
+            cls.accept = _folding_regularizer(cls.accept)
+
     def accept(self, patch: WeightPatch) -> None:
+        patch = regularize.fold(self.state, patch)
         for key, value in patch.state_update.items():
             self.state[key] = self.state[key] + value if key in self.state else value.clone()
+
+    accept.folds_regularizer = True
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.state)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = {k: v.clone() for k, v in state.items()}
+
+
+def _folding_regularizer(accept):
+    @functools.wraps(accept)
+    def folding(self, patch: WeightPatch) -> None:
+        return accept(self, regularize.fold(self.state, patch))
+    folding.folds_regularizer = True
+    return folding

@@ -54,8 +54,9 @@ def shift_block_output(model, layer: int, rows: torch.Tensor, positions: torch.T
     """Add shift_fn() (one vector per row) to the block's output at (rows, positions)."""
     def hook(_module, _inputs, output):
         hidden = _hidden(output)
-        shifted = torch.index_put(hidden, (rows, positions), shift_fn().to(hidden.dtype),
-                                  accumulate=True)
+        # under a device map this block may sit on another GPU than the shift
+        shifted = torch.index_put(hidden, (rows.to(hidden.device), positions.to(hidden.device)),
+                                  shift_fn().to(hidden.device, hidden.dtype), accumulate=True)
         return _replace_hidden(output, shifted)
     handle = arch.block(model, layer).register_forward_hook(hook)
     try:

@@ -1,7 +1,7 @@
 """Hyperparameters of the locate-then-edit editors, resolved from data files:
 `hparams/<editor>.yaml` holds `defaults`, then per `family` (model_type), then per `model`
 (`<model_type>-<layers>x<hidden>`, e.g. `llama-30x576` for the default SmolLM2), then the
-user's overrides from kbsync.yaml. Later entries win."""
+user's overrides from kbsync.yaml. Later entries win. `<wrapper>+<inner>` reads both files."""
 
 from __future__ import annotations
 
@@ -56,12 +56,17 @@ def model_key(config) -> str:
 
 
 def resolve_hparams(editor: str, config, overrides: dict | None = None) -> HParams:
-    path = HPARAMS_DIR / f"{editor}.yaml"
-    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    # a wrapper around an editor (`lyaplock+alphaedit`) reads both files, level by level,
+    # the wrapper's values over the inner editor's: defaults < family < model < overrides
+    files = [HPARAMS_DIR / f"{name}.yaml" for name in reversed(editor.split("+"))]
+    datas = [yaml.safe_load(p.read_text()) or {} for p in files if p.exists()]
     merged: dict = {}
-    merged.update(data.get("defaults", {}))
-    merged.update(data.get("family", {}).get(config.model_type, {}))
-    merged.update(data.get("model", {}).get(model_key(config), {}))
+    for data in datas:
+        merged.update(data.get("defaults", {}))
+    for data in datas:
+        merged.update(data.get("family", {}).get(config.model_type, {}))
+    for data in datas:
+        merged.update(data.get("model", {}).get(model_key(config), {}))
     merged.update(overrides or {})
     known = {f.name for f in fields(HParams)}
     extra = {k: merged.pop(k) for k in list(merged) if k not in known | {"extra"}}

@@ -39,10 +39,16 @@ def keys_and_outputs(lm, specs: list[EditSpec], contexts: list[str], layers: lis
             else:
                 with capture_block_output(lm.model, out_layer, outputs):
                     run(lm.model, batch, stop_after=stop)
-                outs_raw.append(outputs[out_layer][rows, batch.subject_pos].float().cpu())
+                outs_raw.append(_at(outputs[out_layer], rows, batch.subject_pos))
         for layer in layers:
-            keys_raw[layer].append(inputs[layer][rows, batch.subject_pos].float().cpu())
+            keys_raw[layer].append(_at(inputs[layer], rows, batch.subject_pos))
     weights = context_weights(len(specs), contexts)
     keys = {layer: weights @ torch.cat(keys_raw[layer]) for layer in layers}
     bare = torch.cat(outs_raw)[:: len(contexts)] if out_layer is not None else None
     return keys, bare
+
+
+def _at(states: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """states[rows, positions] in float32 on the CPU; under a device map the layer that
+    produced `states` may sit on another GPU than the indices."""
+    return states[rows.to(states.device), positions.to(states.device)].float().cpu()

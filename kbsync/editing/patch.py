@@ -1,6 +1,8 @@
 """A weight patch: per edited layer a low-rank delta Δ = U Vᵀ of the MLP out-projection
-(rank ≤ requests in the batch, as MEMIT/AlphaEdit's solve gives it), plus the editor-state
-update it carries (e.g. AlphaEdit's keys of the edited facts).
+(rank ≤ requests in the batch, as MEMIT/AlphaEdit's solve gives it) and/or a dense delta
+D (d_out, d_in) where a regulariser made the update sparse or full rank (RECT, PRUNE:
+editing/regularize.py); Δ = U Vᵀ + D. Plus the editor-state update it carries (e.g.
+AlphaEdit's keys of the edited facts).
 
 Editor state is the fold of `Editor.accept(patch)` over a snapshot's chain of patches, so
 rebuilding a snapshot's model also rebuilds its editor memory, and a rollback restores
@@ -19,14 +21,27 @@ from kbsync.lm import arch
 class WeightPatch:
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]]   # layer -> (U (d_out, r), V (d_in, r))
     state_update: dict[str, torch.Tensor] = field(default_factory=dict)
+    dense: dict[int, torch.Tensor] = field(default_factory=dict)   # layer -> D (d_out, d_in)
+
+    @property
+    def layers(self) -> list[int]:
+        """Every layer the patch changes (factors, dense or both)."""
+        return sorted(set(self.factors) | set(self.dense))
 
     def delta(self, layer: int) -> torch.Tensor:
-        u, v = self.factors[layer]
-        return u @ v.T                                     # (d_out, d_in)
+        parts = []
+        if layer in self.factors:
+            u, v = self.factors[layer]
+            parts.append(u @ v.T)                          # (d_out, d_in)
+        if layer in self.dense:
+            parts.append(self.dense[layer])
+        if not parts:
+            raise KeyError(layer)
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     def _add(self, model, sign: float) -> None:
         with torch.no_grad():
-            for layer in self.factors:
+            for layer in self.layers:
                 weight = arch.weight_of(model, layer)
                 weight.add_(sign * self.delta(layer).to(weight.device, weight.dtype))
 
@@ -40,7 +55,8 @@ class WeightPatch:
 
     def is_finite(self) -> bool:
         tensors = [t for pair in self.factors.values() for t in pair]
-        return all(bool(torch.isfinite(t).all()) for t in tensors + list(self.state_update.values()))
+        tensors += list(self.dense.values()) + list(self.state_update.values())
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     @property
     def nbytes(self) -> int:
@@ -50,25 +66,35 @@ class WeightPatch:
         out = {}
         for layer, (u, v) in self.factors.items():
             out[f"delta.{layer}.U"], out[f"delta.{layer}.V"] = u.contiguous(), v.contiguous()
+        out.update({f"delta.{layer}.D": d.contiguous() for layer, d in self.dense.items()})
         out.update({f"state.{k}": t.contiguous() for k, t in self.state_update.items()})
         return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "WeightPatch":
         factors: dict[int, list] = {}
-        state = {}
+        state, dense = {}, {}
         for name, t in tensors.items():
             kind, rest = name.split(".", 1)
             if kind == "state":
                 state[rest] = t
             else:
                 layer, which = rest.split(".")
-                factors.setdefault(int(layer), [None, None])["UV".index(which)] = t
-        return cls({l: (u, v) for l, (u, v) in factors.items()}, state)
+                if which == "D":
+                    dense[int(layer)] = t
+                else:
+                    factors.setdefault(int(layer), [None, None])["UV".index(which)] = t
+        return cls({l: (u, v) for l, (u, v) in factors.items()}, state, dense)
 
     @classmethod
     def empty(cls) -> "WeightPatch":
         return cls({}, {})
+
+    def merge(self, other: "WeightPatch") -> None:
+        """Take over another patch's layers and state entries (one layer's step of an edit)."""
+        self.factors.update(other.factors)
+        self.dense.update(other.dense)
+        self.state_update.update(other.state_update)
 
 
 def save_layers(model, layers) -> dict[int, torch.Tensor]:

@@ -12,17 +12,54 @@ EDITORS: dict[str, tuple[str, str]] = {
     "alphaedit": ("kbsync.editing.alphaedit:AlphaEdit",
                   "AlphaEdit: MEMIT projected onto the null space of preserved keys, "
                   "remembers past edits"),
+    "encore": ("kbsync.editing.encore:ENCORE",
+               "ENCORE: MEMIT with most-probable early stopping, a Frobenius penalty on the "
+               "update and a memory of past edits' keys"),
+    "lyaplock": ("kbsync.editing.lyaplock:LyapLock",
+                 "LyapLock: MEMIT-style solve anchored to the original weights, preservation "
+                 "weighted by a virtual queue of accumulated preservation loss"),
+    "lyaplock+memit": ("kbsync.editing.lyaplock:with_memit",
+                       "LyapLock's queue setting MEMIT's preservation weight λ"),
+    "lyaplock+alphaedit": ("kbsync.editing.lyaplock:with_alphaedit",
+                           "LyapLock's queue weighting a preservation term in AlphaEdit's "
+                           "null-space solve"),
+    "rome": ("kbsync.editing.rome:ROME",
+             "ROME: rank-one edit of one MLP layer, C⁻¹k key; batches applied one by one"),
+    "nmke": ("kbsync.editing.nmke:NMKE",
+             "NMKE: AlphaEdit's update masked to the FFN neurons attribution picks "
+             "(knowledge-general + knowledge-specific, entropy-sized)"),
+}
+
+# options of every weight editor (regularize.py): `regularizer: <name>` in the hparams,
+# or the editor name `<editor>+<name>` (memit+rect, alphaedit+prune, ...)
+REGULARIZERS: dict[str, str] = {
+    "rect": "RECT: keeps only the largest relative weight changes of each batch's update",
+    "prune": "PRUNE: log-restrains the singular values of the accumulated update above "
+             "the original matrix's largest",
 }
 
 
 def editor_names() -> dict[str, str]:
-    return {name: desc for name, (_, desc) in EDITORS.items()}
+    names = {name: desc for name, (_, desc) in EDITORS.items()}
+    names.update({f"<editor>+{reg}": desc for reg, desc in REGULARIZERS.items()})
+    return names
 
 
 def make_editor(name: str, model_config, overrides: dict | None = None):
     from kbsync.editing.hparams import resolve_hparams
 
+    # memit+rect = memit with regularizer: rect; a registered name (lyaplock+memit) is an editor
+    name, _, reg = name.rpartition("+") if name not in EDITORS and "+" in name else (name, "", "")
     if name not in EDITORS:
         raise EditorError(f"unknown editor {name!r}", hint=f"choose one of: {', '.join(EDITORS)}")
+    if reg:
+        if reg not in REGULARIZERS:
+            raise EditorError(f"unknown regularizer {reg!r}",
+                              hint=f"choose one of: {', '.join(REGULARIZERS)}")
+        asked = (overrides or {}).get("regularizer")
+        if asked not in (None, reg):
+            raise EditorError(f"editor {name}+{reg} but hparams say regularizer: {asked}",
+                              hint="name the regularizer in one place")
+        overrides = {**(overrides or {}), "regularizer": reg}
     module, cls = EDITORS[name][0].split(":")
     return getattr(import_module(module), cls)(resolve_hparams(name, model_config, overrides))

@@ -83,8 +83,9 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     with torch.no_grad():
         store: dict = {}
         with capture_block_output(model, p.z_layer, store):
-            hidden = run_suffix()
-        h0 = store[p.z_layer][rows[:n_rw:len(contexts)], batch.subject_pos[:n_rw:len(contexts)]].float()
+            hidden = run_suffix().to(device)
+        h0 = store[p.z_layer].to(device)[rows[:n_rw:len(contexts)],
+                                         batch.subject_pos[:n_rw:len(contexts)]].float()
         kl_init = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
 
     delta = torch.zeros(n, h0.shape[1], device=device, requires_grad=True)
@@ -96,7 +97,7 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     step = 0
     for step in range(1, p.steps + 1):
         with shift_block_output(model, p.z_layer, rows, batch.subject_pos, lambda: delta[owner]):
-            hidden = run_suffix()
+            hidden = run_suffix().to(device)      # the last block's device under a device map
         logp = torch.log_softmax(unembed(hidden[tok_row, tok_pos]).float(), -1)
         tok_nll = -logp.gather(1, tok_ids[:, None]).squeeze(1)
         row_nll = torch.zeros(n_rw, device=device).index_add(0, tok_row, tok_nll) / tok_count
@@ -125,8 +126,10 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
             scale = (p.clamp * h_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
             delta.mul_(scale[:, None])
     delta = delta.detach()
+    # the rewrite rows' prompts alone are what the key passes read (floor of `bench speed`)
+    prompts = int(split.prefix_mask[:n_rw].sum()) + int((batch.last_pos[:n_rw] + 1).sum())
     tokens = {"prefix": int(split.prefix_mask.sum()), "suffix": int(batch.attention_mask.sum()),
-              "target": len(tok_ids), "rows": len(texts)}
+              "target": len(tok_ids), "rows": len(texts), "rewrite_prompts": prompts}
     return TargetResult(h0 + delta, delta, step, nll_req.detach(), tokens)
 
 

@@ -1,10 +1,11 @@
 """‖W_snapshot‖_F / ‖W_base‖_F for every matrix a weight editor changed, per snapshot.
 
-A snapshot's matrix is the base matrix plus the low-rank deltas U·Vᵀ of every patch along
-its chain (effective parents: a rollback follows its target), exactly as rebuild.load_at
-builds the model. Only the edited matrices are needed, so they are read straight out of
-the model's safetensors files (a few MB) instead of loading the model: a report must not
-cost a model load per snapshot, nor even one. Only a pickle-only model directory (allowed
+A snapshot's matrix is the base matrix plus the low-rank deltas U·Vᵀ (and the dense
+deltas of a regularised editor) of every patch along its chain (effective parents: a
+rollback follows its target), exactly as rebuild.load_at builds the model. Only the
+edited matrices are needed, so they are read straight out of the model's safetensors
+files (a few MB) instead of loading the model: a report must not cost a model load per
+snapshot, nor even one. Only a pickle-only model directory (allowed
 by `allow_pickle`) is loaded whole, once.
 
 Sums are in float32 and the norms in float64; the ratio is what a person reads, and float32
@@ -24,6 +25,8 @@ from kbsync.store.snapshots import Manifest, SnapshotStore
 if TYPE_CHECKING:
     import torch
 
+    from kbsync.editing.patch import WeightPatch
+
 
 def relative_norms(project, manifests: dict[str, Manifest]
                    ) -> tuple[dict[int, float], dict[str, dict[int, float]]]:
@@ -39,11 +42,11 @@ def relative_norms(project, manifests: dict[str, Manifest]
     known = dict(manifests)
     lineages = {sid: _lineage(sid, known, store) for sid in manifests}
     objects = ObjectStore(project.kbsync_dir)
-    factors: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    patches: dict[str, WeightPatch] = {}
     for manifest in known.values():
-        if manifest.patch is not None and manifest.patch not in factors:
-            factors[manifest.patch] = _factors(objects.get_tensors(manifest.patch))
-    layers = sorted({layer for f in factors.values() for layer in f})
+        if manifest.patch is not None and manifest.patch not in patches:
+            patches[manifest.patch] = _patch(objects.get_tensors(manifest.patch))
+    layers = sorted({layer for p in patches.values() for layer in p.layers})
     if not layers:
         return {}, {sid: {} for sid in manifests}
     cfg = project.config
@@ -67,8 +70,11 @@ def relative_norms(project, manifests: dict[str, Manifest]
         else:                                  # a root or a rollback: sum from the base
             start, weights = 0, {l: w.clone() for l, w in base.items()}
         for ancestor in lineage[start:]:
-            for layer, (u, v) in factors.get(known[ancestor].patch or "", {}).items():
+            patch = patches.get(known[ancestor].patch or "")
+            for layer, (u, v) in (patch.factors if patch else {}).items():
                 weights[layer].addmm_(u, v.T)          # W += U Vᵀ, as WeightPatch.apply
+            for layer, dense in (patch.dense if patch else {}).items():
+                weights[layer].add_(dense)             # W += D (RECT, PRUNE)
         out[sid] = {layer: _norm(weights[layer]) / base_norm[layer] for layer in layers}
         last = (sid, weights)
     return base_norm, out
@@ -124,11 +130,13 @@ def _from_loaded_model(path: Path, layers: list[int], allow_pickle: bool
             for layer in layers}
 
 
-def _factors(tensors: dict[str, "torch.Tensor"]) -> dict[int, tuple["torch.Tensor", "torch.Tensor"]]:
+def _patch(tensors: dict[str, "torch.Tensor"]) -> "WeightPatch":
+    """The patch's weight deltas in float32 (its editor state is not needed here)."""
     from kbsync.editing.patch import WeightPatch
 
-    return {layer: (u.float(), v.float())
-            for layer, (u, v) in WeightPatch.from_tensors(tensors).factors.items()}
+    patch = WeightPatch.from_tensors(tensors)
+    return WeightPatch({l: (u.float(), v.float()) for l, (u, v) in patch.factors.items()}, {},
+                       {l: d.float() for l, d in patch.dense.items()})
 
 
 def _lineage(sid: str, known: dict[str, Manifest], store: SnapshotStore) -> list[str]:

@@ -1,0 +1,35 @@
+"""Memory of past edits' keys, Σ K_p K_pᵀ per edited layer, shared by the editors that
+keep earlier facts fixed with an explicit term (AlphaEdit §3.2, ENCORE §4.2).
+
+The keys of a batch (n, d_in), recomputed with the edited model, travel in the patch as
+`keys.<layer>`: far smaller than the d_in² sum they fold into, and folding them again
+along a snapshot's chain rebuilds the memory exactly. At layer ℓ these are also the keys
+the solve used: an update of layer ℓ or above does not change layer ℓ's MLP input."""
+
+from __future__ import annotations
+
+import torch
+
+from kbsync.editing.keys import keys_and_outputs
+
+
+class KeyMemory:
+    """Mixin for a LocateThenEdit editor: state `past_kkt.<layer>` (d_in, d_in) float64."""
+
+    state: dict[str, torch.Tensor]
+
+    def past_gram(self, layer: int, like: torch.Tensor) -> torch.Tensor | int:
+        """Σ K_p K_pᵀ of accepted patches at `layer` on like's device/dtype (0 if none)."""
+        past = self.state.get(f"past_kkt.{layer}")
+        return past.to(like) if past is not None else 0
+
+    def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
+        keys, _ = keys_and_outputs(lm, specs, contexts, sorted(self.hp.layers))
+        return {f"keys.{l}": k.float() for l, k in keys.items()}
+
+    def accept(self, patch) -> None:
+        for name, k in patch.state_update.items():
+            layer = name.split(".")[1]
+            kkt = k.T.double() @ k.double()                            # (d_in, d_in)
+            key = f"past_kkt.{layer}"
+            self.state[key] = self.state[key] + kkt if key in self.state else kkt

@@ -1,0 +1,138 @@
+"""RECT and PRUNE (editors.md §10): regularisers of any weight editor's update, switched on
+by `regularizer: rect|prune` in the hparams (or the names `memit+rect`, `alphaedit+prune`).
+
+`step` is the one hook point: the shared loop (base.py) calls it right after each layer's
+solve, so every locate-then-edit editor gets them, and the later layers of MEMIT's spread
+see, and make up for, what the regulariser took away.
+
+RECT   keeps the `rect_keep` share of the batch's Δ with the largest relative change
+       |Δ_ij| / (|W_ij| + ε), W the matrix as it is before this batch; zeroes the rest.
+PRUNE  restrains the singular values of the editor's accumulated perturbation A = Σ Δ
+       (the raw updates of every accepted batch: editor memory, so a rebuilt snapshot has
+       it). σ₀ = largest singular value of the original matrix; every σ_i ≥ σ₀ becomes
+       σ₀ + ln σ_i − ln σ₀ (`prune_reduce`). The model holds W₀ + restrain(A), so a
+       batch's patch is restrain(A + Δ) − restrain(A): exactly Δ, low rank, while no σ_i
+       reaches σ₀.
+       Restraining A rather than W − W₀ keeps the log from compounding batch after batch:
+       each snapshot is PRUNE applied once to everything edited so far, as the reference
+       applies it once after the last edit.
+Both make the update dense (WeightPatch.dense), except where they leave it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from kbsync.editing.patch import WeightPatch
+from kbsync.editing.registry import REGULARIZERS
+from kbsync.errors import EditorError
+
+DEFAULTS = Path(__file__).resolve().parent / "hparams" / "regularize.yaml"
+NONE = (None, "", "none")
+
+
+def _log_base(base: float):
+    return lambda s, s0: s0 + (torch.log(s) - torch.log(s0)) / math.log(base)
+
+
+REDUCE = {   # PRUNE's reduce_type (mjy1111/PRUNE bi_editor_loadw.py), for σ ≥ σ₀
+    "log": _log_base(math.e), "log2": _log_base(2.0), "log1_5": _log_base(1.5),
+    "log1_2": _log_base(1.2), "linear": lambda s, s0: (s + s0) / 2,
+}
+
+
+def resolve(hp):
+    """hp with the regulariser's defaults filled in (under the editor's own values), checked.
+    Without a regulariser hp is returned as it is, so plain editors record no extra keys."""
+    name = hp.extra.get("regularizer")
+    if name in NONE:
+        return hp
+    if name not in REGULARIZERS:
+        raise EditorError(f"unknown regularizer {name!r}",
+                          hint=f"choose one of: {', '.join(REGULARIZERS)}")
+    extra = {**yaml.safe_load(DEFAULTS.read_text()).get("defaults", {}), **hp.extra}
+    if not 0 < float(extra["rect_keep"]) <= 1:
+        raise EditorError(f"rect_keep must be in (0, 1], got {extra['rect_keep']}")
+    if extra["prune_reduce"] not in REDUCE:
+        raise EditorError(f"unknown prune_reduce {extra['prune_reduce']!r}",
+                          hint=f"choose one of: {', '.join(REDUCE)}")
+    return replace(hp, extra=extra)
+
+
+def step(hp, layer: int, u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+         state: dict[str, torch.Tensor]) -> WeightPatch:
+    """This layer's part of the batch's patch, from the solve's Δ = u vᵀ (float64, on the
+    layer's device) and the matrix `weight` (d_out, d_in) as it is now."""
+    name = hp.extra.get("regularizer")
+    if name == "rect":
+        return WeightPatch({}, dense={layer: rect(u @ v.T, weight, float(hp.extra["rect_keep"]),
+                                                  float(hp.extra["rect_eps"])).float().cpu()})
+    if name == "prune":
+        return _prune(layer, u, v, weight, state, REDUCE[hp.extra["prune_reduce"]])
+    return WeightPatch({layer: (u.float().cpu(), v.float().cpu())})
+
+
+def rect(delta: torch.Tensor, weight: torch.Tensor, keep: float, eps: float = 1e-8) -> torch.Tensor:
+    """delta with all but its round(keep · numel) largest relative entries zeroed. topk, not
+    the reference's kthvalue threshold: ties at the threshold cannot keep extra entries."""
+    count = round(keep * delta.numel())
+    relative = delta.abs() / (weight.to(delta.dtype).abs() + eps)
+    kept = torch.topk(relative.flatten(), count, sorted=False).indices
+    out = torch.zeros_like(delta).flatten()
+    out[kept] = delta.flatten()[kept]
+    return out.view_as(delta)
+
+
+def restrain(a: torch.Tensor, sigma0: float | torch.Tensor, reduce=REDUCE["log"]
+             ) -> tuple[torch.Tensor, bool]:
+    """(A with its singular values σ ≥ σ₀ replaced by reduce(σ, σ₀), whether any was)."""
+    sigma0 = torch.as_tensor(sigma0, dtype=a.dtype, device=a.device)
+    if torch.linalg.matrix_norm(a) < sigma0:     # ‖A‖₂ ≤ ‖A‖_F: no SVD needed
+        return a, False
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    big = s >= sigma0
+    if not bool(big.any()):
+        return a, False
+    return (u * torch.where(big, reduce(s, sigma0), s)) @ vh, True
+
+
+def _prune(layer, u, v, weight, state, reduce) -> WeightPatch:
+    # the raw update travels as factors (small); fold() sums it into the memory
+    update = {f"prune.{layer}.U": u.float().cpu(), f"prune.{layer}.V": v.float().cpu()}
+    sigma0 = state.get(f"prune.sigma0.{layer}")
+    if sigma0 is None:        # no PRUNE batch accepted yet: this matrix is the original W₀
+        sigma0 = torch.linalg.matrix_norm(weight.double(), ord=2).reshape(1).cpu()
+        update[f"prune.{layer}.sigma0"] = sigma0.float()
+    sigma0 = float(sigma0)
+    old = state.get(f"prune.raw.{layer}")
+    old = None if old is None else old.to(u.device, u.dtype)
+    delta = u @ v.T
+    new, changed = restrain(delta if old is None else old + delta, sigma0, reduce)
+    before, changed_before = restrain(old, sigma0, reduce) if old is not None else (None, False)
+    if not (changed or changed_before):
+        return WeightPatch({layer: (u.float().cpu(), v.float().cpu())}, update)
+    step_delta = new if before is None else new - before
+    return WeightPatch({}, update, {layer: step_delta.float().cpu()})
+
+
+def fold(state: dict[str, torch.Tensor], patch: WeightPatch) -> WeightPatch:
+    """Fold the regulariser's entries of an accepted patch into the editor memory `state`;
+    returns the patch without them (the patch itself when it has none), for the editor."""
+    own = {k: t for k, t in patch.state_update.items() if k.startswith("prune.")}
+    if not own:
+        return patch
+    for name, t in own.items():
+        _, layer, which = name.split(".")
+        if which == "U":
+            d = (t.double() @ own[f"prune.{layer}.V"].double().T).float()
+            key = f"prune.raw.{layer}"
+            state[key] = state[key] + d if key in state else d
+        elif which == "sigma0":
+            state.setdefault(f"prune.sigma0.{layer}", t.clone())
+    rest = {k: t for k, t in patch.state_update.items() if k not in own}
+    return WeightPatch(patch.factors, rest, patch.dense)
