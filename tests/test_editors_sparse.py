@@ -18,22 +18,17 @@ from kbsync.editing.request import EditSpec
 from kbsync.editing.tokens import encode, render
 from kbsync.errors import EditorError
 from kbsync.lm import arch
-from kbsync.lm.score import next_token_logprobs, target_nll
+from kbsync.lm.score import target_nll
 from kbsync.testing import TINY_HPARAMS, tiny_model
 
 SPEC = EditSpec("The river {subject}", "Danube", "American", key="danube")
 NEXT = [EditSpec("The lake {subject}", "Geneva", "British"),
         EditSpec("The mountain {subject}", "Everest", "football")]
-UNRELATED = "He was born in the city of"
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
-
-
-def _kl(before, after) -> float:
-    return float((before.exp() * (before - after)).sum())
 
 
 # -- every new editor / option still edits ----------------------------------------------
@@ -56,21 +51,6 @@ def test_edit_changes_prediction(editor, family, overrides):
     ed.edit(lm, [SPEC]).apply(lm.model)
     nll, top1 = target_nll(lm, [SPEC.text], [SPEC.target])
     assert bool(top1[0]), f"{family}/{editor}: NLL {float(nll[0]):.2f}"
-
-
-# post-masking leaks into the preserved keys' space; with α = 0.1 the reference's mask still
-# edits and spares the unrelated prompt (α = 1e-3: KL 1.07, top-1 changed); restrict keeps
-# the null space at the tiny α (KL 0.02, AlphaEdit's own: 0.025)
-@pytest.mark.parametrize("overrides", [{"l2": 0.1}, {"nmke_solve": "restrict"}])
-def test_nmke_spares_an_unrelated_prompt(overrides):
-    lm = tiny_model("llama")
-    ed = make_editor("nmke", lm.model.config, {**TINY_HPARAMS, **overrides})
-    before = next_token_logprobs(lm, [UNRELATED])
-    ed.edit(lm, [SPEC]).apply(lm.model)
-    after = next_token_logprobs(lm, [UNRELATED])
-    assert _kl(before, after) < 0.05
-    assert int(before.argmax()) == int(after.argmax())
-    assert target_nll(lm, [SPEC.text], [SPEC.target])[1].all()
 
 
 # -- NMKE -------------------------------------------------------------------------------

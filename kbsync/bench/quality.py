@@ -10,28 +10,24 @@ import torch
 from tqdm import tqdm
 
 from kbsync.bench.datasets import DATASETS
+from kbsync.bench.setup import load_bench_model, timed_statistics
 from kbsync.editing.registry import make_editor
 from kbsync.evaluate.metrics import exact_match, snapshot_scores
-from kbsync.lm.load import load_model
 from kbsync.lm.score import perplexity
 from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
-
 
 
 def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int = 0,
                 model: str = "default", device: str = "auto", hparams: dict | None = None,
                 offset: int = 0, on_batch: Callable[[dict], None] | None = None) -> dict:
     torch.manual_seed(seed)
-    lm = load_model(model, device=device)
+    lm = load_bench_model(model, device)
     cases = DATASETS[dataset](edits, offset)
     ed = make_editor(editor, lm.model.config, {**(hparams or {}), "seed": seed})
 
     pre = snapshot_scores(lm, cases, dataset)
     ppl_before = perplexity(lm, reference_text(BENCH_PASSAGES))
-    t0 = time.perf_counter()
-    if hasattr(ed, "covariances"):
-        ed.covariances(lm)
-    stats_seconds = time.perf_counter() - t0
+    stats_seconds = timed_statistics(ed, lm)
 
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(cases), batch), desc=f"{editor} edits", unit="batch",

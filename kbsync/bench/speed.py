@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import resource
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +18,7 @@ import torch
 
 from kbsync.bench import floor
 from kbsync.bench.datasets import DATASETS, Case
+from kbsync.bench.setup import load_bench_model, timed_statistics
 from kbsync.config import Gates
 from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.clock import PhaseClock
@@ -30,15 +30,6 @@ from kbsync.lm.score import perplexity
 
 PHASES = ("keys", "targets", "solve", "gates", "commit")
 RETENTION_SAMPLE = 200
-
-
-def load_for_speed(model: str, device: str):
-    from kbsync.bench.shapes import load_shape_model
-    from kbsync.lm.load import load_model
-
-    if model.endswith("-shape"):
-        return load_shape_model(model, device)
-    return load_model(model, device=device)
 
 
 def probes_for(batch: list[Case], earlier: list[Case]) -> Probes:
@@ -71,7 +62,7 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
               fixed_steps: int | None = None, hparams: dict | None = None,
               on_batch: Callable[[dict], None] | None = None) -> dict:
     torch.manual_seed(seed)
-    lm = load_for_speed(model, device)
+    lm = load_bench_model(model, device)
     dev, dtype = lm.device, next(lm.model.parameters()).dtype
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -83,10 +74,7 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
     shape = floor.ModelShape.of(lm.model)
     cases = DATASETS["counterfact"](edits, 0)
 
-    start = time.perf_counter()
-    if hasattr(ed, "covariances"):
-        ed.covariances(lm)
-    stats_seconds = time.perf_counter() - start
+    stats_seconds = timed_statistics(ed, lm)
     reference = reference_text(GATE_PASSAGES)
     base_ppl = perplexity(lm, reference)
     gates, clock = Gates(), PhaseClock()
@@ -118,6 +106,7 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
     work["commit"] = commit_bytes * 2 / rates.copy_bytes          # write + hash read
     n = len(cases)
     total = sum(seconds.get(p, 0.0) for p in PHASES)
+    peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
     floor_total = sum(work.values())
     return {
         "model": model, "editor": editor, "edits": n, "batch": batch,
@@ -127,8 +116,9 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
         **{f"{p}_seconds_per_edit": seconds.get(p, 0.0) / n for p in PHASES},
         **{f"{p}_floor_seconds_per_edit": work[p] / n for p in PHASES},
         "stats_seconds": stats_seconds,
-        "peak_memory_bytes": _peak_memory(dev),
-        "peak_host_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_memory_bytes": (int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda"
+                              else peak_host),
+        "peak_host_memory_bytes": peak_host,
         "machine": rates.to_dict(), "fixed_steps": fixed_steps,
         "hparams": ed.hp.to_dict() if hasattr(ed, "hp") else {},
     }
@@ -150,9 +140,3 @@ def _count_work(work: dict, rates: floor.MachineRates, shape: floor.ModelShape, 
              + probes.retention_prompts)
     work["gates"] += floor.gate_flops(shape, _tokens(lm.tokenizer, texts), len(texts),
                                       _tokens(lm.tokenizer, reference)) / rates.flops
-
-
-def _peak_memory(dev) -> int:
-    if dev.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(dev))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
