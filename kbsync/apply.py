@@ -275,13 +275,10 @@ class Scheduler:
             self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
         saved = None
         if patch is not None:
-            from kbsync.editing.patch import save_layers
-            from kbsync.lm import arch
-            saved = save_layers(self.lm.model, patch.layers)    # revert cannot undo NaN
+            saved = patch.checkpoint(self.lm.model)
             patch.apply(self.lm.model)
-            weights = [arch.weight_of(self.lm.model, l) for l in patch.layers]
             checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
-                           self.reference, weights)
+                           self.reference, patch.checked_tensors(self.lm.model))
         for c in checks:
             self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold, c.passed)
         self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks]})
@@ -290,8 +287,7 @@ class Scheduler:
             self.commit(patch, batch, checks)
             return
         if saved is not None:
-            from kbsync.editing.patch import restore_layers
-            restore_layers(self.lm.model, saved)
+            patch.restore(self.lm.model, saved)
         if len(batch) == 1:
             self._reject(batch[0], number, checks)
             return
@@ -311,7 +307,7 @@ class Scheduler:
         for w in batch:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
-        patch_id = self.objects.put_tensors(patch.tensors()) if patch and patch.layers else None
+        patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
         manifest = Manifest(
             parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
             editor=self.editor.name, hparams=self.editor.hp.to_dict(), patch=patch_id,

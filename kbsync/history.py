@@ -107,8 +107,15 @@ def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
 
 
 def export(project, directory: Path | str, ref: str | None = None) -> dict:
-    """A standard HF model directory (safetensors) with the snapshot's edits baked in."""
+    """A standard HF model directory (safetensors) with the snapshot's edits baked in.
+    A side-memory editor's memory goes next to the weights (kbsync-memory.safetensors):
+    plain transformers loads the unedited base from such a directory, kbsync.load_model
+    the model as the snapshot answers."""
+    from safetensors.torch import save_file
+
     from kbsync.editing.rebuild import load_at
+    from kbsync.editing.side.memory import attached, memory_tensors
+    from kbsync.lm.load import MEMORY_FILE
 
     snapshots = SnapshotStore(project.kbsync_dir)
     sid = snapshots.resolve(ref) if ref else snapshots.head()
@@ -118,6 +125,11 @@ def export(project, directory: Path | str, ref: str | None = None) -> dict:
     lm, _ = load_at(project, sid, with_editor=False)
     lm.model.save_pretrained(directory, safe_serialization=True)
     lm.tokenizer.save_pretrained(directory)
-    (directory / "kbsync.json").write_text(
-        json.dumps({"snapshot": sid, "base_model": lm.fingerprint}) + "\n")
-    return {"snapshot": sid, "directory": str(directory)}
+    memory = memory_tensors(lm.model)
+    if memory:
+        save_file(memory, directory / MEMORY_FILE)
+    kinds = sorted({kind for kind, _ in attached(lm.model)})
+    (directory / "kbsync.json").write_text(json.dumps(
+        {"snapshot": sid, "base_model": lm.fingerprint, "side_memory": kinds,
+         "loader": "kbsync.load_model" if kinds else "transformers"}) + "\n")
+    return {"snapshot": sid, "directory": str(directory), "side_memory": kinds}

@@ -15,6 +15,27 @@ from kbsync.editing.registry import make_editor
 from kbsync.evaluate.metrics import exact_match, snapshot_scores
 from kbsync.lm.score import perplexity
 from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
+from kbsync.editing.side.memory import attached
+from kbsync.editing.side.train import memory_off
+
+
+def inference_slowdown(lm, texts: list[str], repeats: int = 3) -> float:
+    """Forward time over `texts` with the side memories routed in, relative to without
+    (best of `repeats` each), minus 1; 0 when the model has no side memory."""
+    if not attached(lm.model):
+        return 0.0
+
+    def best() -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            perplexity(lm, texts)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    with_memory = best()
+    with memory_off(lm.model):
+        without = best()
+    return with_memory / without - 1.0
 
 
 def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int = 0,
@@ -41,6 +62,7 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
 
     post = snapshot_scores(lm, cases, dataset)
     ppl_after = perplexity(lm, reference_text(BENCH_PASSAGES))
+    memories = attached(lm.model).values()
     return {
         "editor": editor, "dataset": dataset, "edits": len(cases), "batch": batch, "seed": seed,
         "efficacy": post["efficacy"], "efficacy_pre": pre["efficacy"],
@@ -51,5 +73,8 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
         "exact_match": exact_match(lm, cases),
         "ppl_drift": ppl_after / ppl_before - 1.0,
         "seconds_per_edit": edit_seconds / len(cases), "stats_seconds": stats_seconds,
+        # side memory the model carries at inference, and what routing through it costs
+        "extra_bytes": sum(m.nbytes for m in memories),
+        "inference_slowdown": inference_slowdown(lm, reference_text(BENCH_PASSAGES)),
         "hparams": ed.hp.to_dict() if hasattr(ed, "hp") else {},
     }

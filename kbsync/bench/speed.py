@@ -92,7 +92,7 @@ def run_speed(model: str = "default", editor: str = "alphaedit", edits: int = 50
             patch.apply(lm.model)
             with clock.phase("gates", dev):
                 check(lm, probes, parent, gates, base_ppl, reference,
-                      [arch.weight_of(lm.model, l) for l in patch.layers])
+                      patch.checked_tensors(lm.model))
             with clock.phase("commit", dev):
                 ed.accept(patch)
                 head = _commit(Path(store), patch, number, head, lm, ed)

@@ -53,6 +53,20 @@ class WeightPatch:
         delta) use save_layers before apply and restore_layers after."""
         self._add(model, -1.0)
 
+    def checkpoint(self, model) -> dict[int, torch.Tensor]:
+        """Exact copies of the matrices the patch changes (revert cannot undo a NaN)."""
+        return save_layers(model, self.layers)
+
+    def restore(self, model, saved: dict[int, torch.Tensor]) -> None:
+        restore_layers(model, saved)
+
+    def checked_tensors(self, model) -> list[torch.Tensor]:
+        """What the finite gate reads once the patch is applied."""
+        return [arch.weight_of(model, layer) for layer in self.layers]
+
+    def is_empty(self) -> bool:
+        return not self.layers
+
     def is_finite(self) -> bool:
         tensors = [t for pair in self.factors.values() for t in pair]
         tensors += list(self.dense.values()) + list(self.state_update.values())
@@ -95,6 +109,15 @@ class WeightPatch:
         self.factors.update(other.factors)
         self.dense.update(other.dense)
         self.state_update.update(other.state_update)
+
+
+def load_patch(tensors: dict[str, torch.Tensor]):
+    """A stored patch, whichever kind it is (weight deltas or a side-memory update)."""
+    from kbsync.editing.side.patch import MemoryPatch
+
+    if MemoryPatch.holds(tensors):
+        return MemoryPatch.from_tensors(tensors)
+    return WeightPatch.from_tensors(tensors)
 
 
 def save_layers(model, layers) -> dict[int, torch.Tensor]:

@@ -4,7 +4,7 @@ patches. Rebuilt exactly, whatever process made them."""
 
 from __future__ import annotations
 
-from kbsync.editing.patch import WeightPatch
+from kbsync.editing.patch import load_patch
 from kbsync.editing.registry import make_editor
 from kbsync.errors import IntegrityError
 from kbsync.lm.load import load_model
@@ -29,7 +29,7 @@ def load_at(project, snapshot_id: str | None, *, with_editor: bool = True):
     for manifest in chain:
         if manifest.patch is None:
             continue
-        patch = WeightPatch.from_tensors(objects.get_tensors(manifest.patch))
+        patch = load_patch(objects.get_tensors(manifest.patch))
         patch.apply(lm.model)
         if editor is not None and manifest.editor == editor.name:
             editor.accept(patch)

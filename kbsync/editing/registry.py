@@ -28,6 +28,15 @@ EDITORS: dict[str, tuple[str, str]] = {
     "nmke": ("kbsync.editing.nmke:NMKE",
              "NMKE: AlphaEdit's update masked to the FFN neurons attribution picks "
              "(knowledge-general + knowledge-specific, entropy-sized)"),
+    "grace": ("kbsync.editing.side.grace:GRACE",
+              "GRACE: side codebook at one layer; a token near a stored key gets its trained "
+              "value (deferral radii grow and split)"),
+    "wise": ("kbsync.editing.side.wise:WISE",
+             "WISE: side copy of one FFN out-projection behind an activation router; "
+             "edits in masked shards, TIES-merged"),
+    "case": ("kbsync.editing.side.case:CASE",
+             "CASE (reconstructed): conflict-assessed subspaces of Fisher-chosen neurons "
+             "with new output columns, routed by sketched keys; < 1 MB per 1,000 edits"),
 }
 
 # options of every weight editor (regularize.py): `regularizer: <name>` in the hparams,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kbsync.editing.forcing import Forcing, all_per_row
 from kbsync.editing.hooks import capture_block_output, shift_block_output
 from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
@@ -72,11 +73,7 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     rows = torch.arange(len(texts), device=device)
     unembed = model.get_output_embeddings()
 
-    # flat teacher-forcing index over all target tokens of the rewrite rows
-    tok_row = torch.cat([torch.full_like(batch.target_pos[r], r) for r in range(n_rw)])
-    tok_pos = torch.cat(batch.target_pos[:n_rw])
-    tok_ids = torch.cat(batch.target_ids[:n_rw])
-    tok_count = torch.tensor([len(batch.target_pos[r]) for r in range(n_rw)], device=device)
+    forcing = Forcing.of(batch, n_rw)      # every target token of the rewrite rows
     kl_rows = rows[n_rw:]
 
     run_suffix = PrefixRunner(model, split, frozen_below=p.z_layer)
@@ -98,18 +95,15 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     for step in range(1, p.steps + 1):
         with shift_block_output(model, p.z_layer, rows, batch.subject_pos, lambda: delta[owner]):
             hidden = run_suffix().to(device)      # the last block's device under a device map
-        logp = torch.log_softmax(unembed(hidden[tok_row, tok_pos]).float(), -1)
-        tok_nll = -logp.gather(1, tok_ids[:, None]).squeeze(1)
-        row_nll = torch.zeros(n_rw, device=device).index_add(0, tok_row, tok_nll) / tok_count
+        row_nll, top1 = forcing.score(hidden, unembed)
         nll_req = torch.zeros(n, device=device).index_add(0, owner[:n_rw], row_nll) / len(contexts)
         kl_cur = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
         kl = (kl_cur.exp() * (kl_cur - kl_init)).sum(-1)
         decay = delta.norm(dim=1) / h_norm ** 2
         loss = nll_req + p.kl_factor * kl + p.weight_decay * decay
 
-        top1 = logp.argmax(-1) == tok_ids
-        row_ok = _all_per_row(top1, tok_row, n_rw)
-        req_ok = _all_per_row(row_ok, owner[:n_rw], n)
+        row_ok = all_per_row(top1, forcing.row, n_rw)
+        req_ok = all_per_row(row_ok, owner[:n_rw], n)
         streak = torch.where(req_ok, streak + 1, torch.zeros_like(streak))
         finished = loss.detach() < p.min_loss
         if p.early_stop:
@@ -129,11 +123,5 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     # the rewrite rows' prompts alone are what the key passes read (floor of `bench speed`)
     prompts = int(split.prefix_mask[:n_rw].sum()) + int((batch.last_pos[:n_rw] + 1).sum())
     tokens = {"prefix": int(split.prefix_mask.sum()), "suffix": int(batch.attention_mask.sum()),
-              "target": len(tok_ids), "rows": len(texts), "rewrite_prompts": prompts}
+              "target": len(forcing.ids), "rows": len(texts), "rewrite_prompts": prompts}
     return TargetResult(h0 + delta, delta, step, nll_req.detach(), tokens)
-
-
-def _all_per_row(flags: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """For each row, whether every flag that belongs to it is True."""
-    bad = torch.zeros(n_rows, device=flags.device).index_add(0, row, (~flags).float())
-    return bad == 0

@@ -45,6 +45,9 @@ def resolve_model_path(spec: str | Path) -> Path:
     return path
 
 
+MEMORY_FILE = "kbsync-memory.safetensors"   # side memory next to an exported model's weights
+
+
 def check_weights(path: Path, allow_pickle: bool) -> bool:
     """True when safetensors weights are present; refuse pickle-only dirs unless trusted."""
     has_safetensors = any(path.glob("*.safetensors"))
@@ -136,4 +139,9 @@ def load_model(spec: str | Path = "default", *, device: str = "auto", dtype: str
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if (path / MEMORY_FILE).exists():     # exported by a side-memory editor (GRACE, WISE, CASE)
+        from safetensors.torch import load_file
+
+        from kbsync.editing.side.memory import attach_memory_tensors
+        attach_memory_tensors(model, load_file(path / MEMORY_FILE))
     return LoadedModel(model, tokenizer, path, file_fingerprint(path))

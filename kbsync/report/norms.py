@@ -131,9 +131,13 @@ def _from_loaded_model(path: Path, layers: list[int], allow_pickle: bool
 
 
 def _patch(tensors: dict[str, "torch.Tensor"]) -> "WeightPatch":
-    """The patch's weight deltas in float32 (its editor state is not needed here)."""
+    """The patch's weight deltas in float32 (its editor state is not needed here); a
+    side-memory patch changes no weight."""
     from kbsync.editing.patch import WeightPatch
+    from kbsync.editing.side.patch import MemoryPatch
 
+    if MemoryPatch.holds(tensors):
+        return WeightPatch.empty()
     patch = WeightPatch.from_tensors(tensors)
     return WeightPatch({l: (u.float(), v.float()) for l, (u, v) in patch.factors.items()}, {},
                        {l: d.float() for l, d in patch.dense.items()})

@@ -1,0 +1,160 @@
+"""WISE (Wang et al., NeurIPS 2024; editors.md §8): a side copy of one layer's MLP
+out-projection W, W' = W + Δ, used for a token only when the router says so.
+
+  route: a token uses W' where its activation score ‖x Δᵀ‖ exceeds ε, with
+         ε = act_ratio × the lowest score any edit's key token had when it was made.
+  edit:  Δ is trained (Adam, the model frozen) on the target NLL with WISE's margins:
+         [β − score(edit key token)]₊ + [score(unrelated tokens) − α]₊
+         + [γ − (score(edit) − score(unrelated))]₊.
+         Unrelated rows are drawn from a fixed general-text set shipped with kbsync, so no
+         user-supplied unrelated prompt is needed, and a whole batch trains at once (the
+         reference refuses batches).
+  shards: the edits of a shard change only a random share ρ of Δ's entries (its mask, from
+         a seed); after `save_freq` edits the shard is closed and TIES-merged (trim to
+         `density`, elect signs, disjoint mean) with the earlier shards' merge.
+
+The memory holds the merge of closed shards (dense, once there is one) and the open
+shard's values at its mask positions; a patch holds the open shard's values (ρ·d_out·d_in
+floats) and, when a shard closes, the new merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kbsync.editing.side.base import SideEditor
+from kbsync.editing.side.memory import SideMemory
+from kbsync.editing.side.train import build_rows, fit, layer_inputs, memory_off
+from kbsync.lm import arch
+
+UNRELATED = Path(__file__).resolve().parents[2] / "data" / "unrelated.txt"
+
+
+def shard_mask(shape, seed: int, shard: int, ratio: float, device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + shard)
+    return (torch.rand(shape, generator=gen) < ratio).to(device)
+
+
+def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
+    """TIES: keep each delta's top `density` entries by magnitude, elect each entry's sign
+    by the sum, average the kept entries that agree with it."""
+    trimmed = []
+    for d in deltas:
+        k = max(1, int(density * d.numel()))
+        cut = d.abs().flatten().kthvalue(d.numel() - k + 1).values
+        trimmed.append(torch.where(d.abs() >= cut, d, torch.zeros_like(d)))
+    stack = torch.stack(trimmed)
+    sign = torch.sign(stack.sum(0))
+    agree = (torch.sign(stack) == sign) & (stack != 0)
+    return (stack * agree).sum(0) / agree.sum(0).clamp_min(1)
+
+
+class WiseMemory(SideMemory):
+    """merged (d_out, d_in) [optional], shard (m,), shape/seed/shard_id/ratio (int64 and
+    float scalars), min_score, act_ratio."""
+    kind = "wise"
+
+    def refresh(self):
+        t, self.delta = self.tensors, None
+        if "shard" not in t:
+            return
+        d_out, d_in = (int(v) for v in t["shape"])
+        mask = shard_mask((d_out, d_in), int(t["seed"]), int(t["shard_id"]), float(t["ratio"]),
+                          t["shard"].device)
+        delta = t["merged"].clone() if "merged" in t else torch.zeros(d_out, d_in, device=mask.device)
+        delta[mask] += t["shard"]
+        self.delta, self.mask = delta, mask
+        self.threshold = float(t["act_ratio"]) * float(t["min_score"])
+
+    def route(self, x, out):
+        if self.delta is None:
+            return out
+        side = x @ self.delta.T
+        use = side.norm(dim=-1, keepdim=True) > self.threshold
+        return out + side * use
+
+
+class WISE(SideEditor):
+    name = kind = "wise"
+
+    def update(self, lm, specs, memory):
+        x, t = self.x, memory.tensors
+        weight = arch.weight_of(lm.model, self.layer)
+        first = "shard" not in t
+        update: dict[str, torch.Tensor] = {}
+        if first:
+            update.update({"put.shape": torch.tensor(weight.shape), "put.seed": torch.tensor(self.hp.seed),
+                           "put.ratio": torch.tensor(x["mask_ratio"]), "put.shard_id": torch.tensor(0),
+                           "put.shard_edits": torch.tensor(0), "put.act_ratio": torch.tensor(x["act_ratio"]),
+                           "put.min_score": torch.tensor(float("inf"))})
+        shard_id = 0 if first else int(t["shard_id"])
+        merged = t.get("merged")
+        start = t["shard"].clone() if not first else None
+        if not first and int(t["shard_edits"]) + len(specs) > x["save_freq"]:
+            closed = memory.delta.clone()                 # close the shard: merge it
+            merged = closed if merged is None else ties_merge([merged, closed - merged], x["density"])
+            shard_id, start = shard_id + 1, None
+            update.update({"put.merged": merged, "put.shard_id": torch.tensor(shard_id),
+                           "put.shard_edits": torch.tensor(0)})
+        device = weight.device
+        mask = shard_mask(tuple(weight.shape), self.hp.seed, shard_id, x["mask_ratio"], device)
+        values = (start if start is not None else torch.zeros(int(mask.sum()), device=device))
+        values = values.clone().requires_grad_(True)
+        base = merged.to(device) if merged is not None else torch.zeros(weight.shape, device=device)
+
+        with memory_off(lm.model):
+            rows = build_rows(lm, specs, self.contexts(lm), self.layer, key="prompt")
+            other = layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer)
+        n_edit, keys = rows.n_edit_rows, rows.key_inputs()
+        key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
+        key_tok[:n_edit, 0] = True
+        old_low = float("inf") if first else float(t["min_score"])
+        where = mask.nonzero(as_tuple=True)
+
+        def delta():
+            return base.index_put(where, values, accumulate=True)
+
+        def side(xs, out):
+            # routed as it will be once stored: tokens scoring above ε (the key tokens
+            # always do; ε is at most act_ratio × their lowest score)
+            d = delta()
+            s = xs @ d.T
+            with torch.no_grad():
+                eps = x["act_ratio"] * min(old_low, float((keys @ d.T).norm(dim=-1).min()))
+                use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
+            return out + s * use
+
+        def margins():
+            d = delta()
+            key, unrelated = (keys @ d.T).norm(dim=-1), (other @ d.T).norm(dim=-1)
+            return (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
+                    + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
+
+        old_keys = t.get("keys")
+        preserve = None
+        if old_keys is not None and x["preserve"] > 0:
+            start_delta = delta().detach()
+            before = old_keys @ start_delta.T
+            scale = before.pow(2).sum().clamp_min(1e-6)
+
+            def preserve():      # earlier edits' key tokens keep their side output
+                return x["preserve"] * (old_keys @ delta().T - before).pow(2).sum() / scale
+
+        def clamp():
+            values.clamp_(-x["norm_constraint"], x["norm_constraint"])
+
+        self.last_stats = fit(rows, [values], side, steps=self.hp.steps, lr=self.hp.lr,
+                              margin=margins, penalty=preserve, after_step=clamp,
+                              optimizer=x.get("optimizer", "adam"))
+        with torch.no_grad():
+            low = min(old_low, float((keys @ delta().T).norm(dim=-1).min()))
+        edits = (0 if first or "put.shard_edits" in update else int(t["shard_edits"])) + len(specs)
+        update.update({"append.keys": keys[:: rows.n_contexts].detach(),
+                       "put.shard": values.detach(), "put.min_score": torch.tensor(low),
+                       "put.shard_edits": torch.tensor(edits)})
+        return update
+
+
+def unrelated_texts() -> list[str]:
+    return [line.strip() for line in UNRELATED.read_text().splitlines() if line.strip()]

@@ -1,0 +1,178 @@
+"""Side-memory editors (GRACE, WISE, CASE) on tiny random models: an edit changes the
+prediction through the memory and leaves the weights and unrelated prompts alone; GRACE's
+radii grow and split; CASE shares a compatible subspace and opens one on conflict; the
+memory round-trips through a snapshot, rollback, a new process and export."""
+
+import pytest
+import torch
+
+from kbproject import FACTS, answer, applied_objects, head, key, make_project, prompt
+from kbsync.editing.registry import make_editor
+from kbsync.editing.request import EditSpec
+from kbsync.editing.side.memory import attached
+from kbsync.editing.side.patch import MemoryPatch
+from kbsync.editing.side.train import memory_off
+from kbsync.lm.score import next_token_logprobs, target_nll
+from kbsync.testing import TINY_HPARAMS, tiny_model
+
+SPEC = EditSpec("The river {subject}", "Danube", "American", key="danube")
+UNRELATED = ["He was born in the city of", "The weather today is"]
+# on top of TINY_HPARAMS: one layer below the top, and margins for the tiny model's scale
+TINY_SIDE = {"layers": [2], "steps": 80, "lr": 0.5}
+TINY = {"grace": {"eps": 0.5},
+        "wise": {"lr": 0.05, "alpha": 0.05, "beta": 1.0, "gamma": 0.5, "unrelated": 8},
+        "case": {"lr": 0.1, "radius_scale": 0.5, "radius_min": 0.02, "preserve": 10.0}}
+SIDE = list(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+
+
+def _editor(name, lm, **overrides):
+    return make_editor(name, lm.model.config, {**TINY_HPARAMS, **TINY_SIDE, **TINY[name], **overrides})
+
+
+@pytest.mark.parametrize("editor", SIDE)
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_edit_goes_through_the_memory_and_spares_the_rest(family, editor):
+    lm = tiny_model(family)
+    ed = _editor(editor, lm)
+    weights = {n: p.clone() for n, p in lm.model.state_dict().items()}
+    before = next_token_logprobs(lm, UNRELATED)
+    assert not bool(target_nll(lm, [SPEC.text], [SPEC.target])[1][0])
+
+    patch = ed.edit(lm, [SPEC])
+    assert isinstance(patch, MemoryPatch) and not patch.is_empty()
+    patch.apply(lm.model)
+    assert bool(target_nll(lm, [SPEC.text], [SPEC.target])[1][0]), ed.last_stats
+    for name, w in lm.model.state_dict().items():             # the weights never change
+        assert torch.equal(w, weights[name]), name
+    # unrelated prompts are routed around the memory: exactly what they were
+    assert torch.equal(next_token_logprobs(lm, UNRELATED), before)
+    with memory_off(lm.model):                                 # and the edit lives in it
+        assert not bool(target_nll(lm, [SPEC.text], [SPEC.target])[1][0])
+
+
+@pytest.mark.parametrize("editor", SIDE)
+def test_a_refused_batch_is_taken_out_exactly(editor):
+    lm = tiny_model("llama")
+    ed = _editor(editor, lm)
+    first = ed.edit(lm, [SPEC])
+    first.apply(lm.model)
+    mem = attached(lm.model)[(editor, 2)]
+    kept = {k: v.clone() for k, v in mem.tensors.items()}
+    second = ed.edit(lm, [EditSpec("The lake {subject}", "Geneva", "British")])
+    saved = second.checkpoint(lm.model)
+    second.apply(lm.model)
+    assert any(k not in kept or not torch.equal(v, kept[k]) for k, v in mem.tensors.items())
+    second.restore(lm.model, saved)
+    assert set(mem.tensors) == set(kept)
+    assert all(torch.equal(mem.tensors[k], v) for k, v in kept.items())
+
+
+def _grace_memory(keys, radius, labels):
+    from kbsync.editing.side.grace import GraceMemory
+    return GraceMemory(0, {"keys": keys, "values": torch.zeros(len(keys), 3),
+                           "radius": torch.tensor(radius), "label": torch.tensor(labels)})
+
+
+# one stored key at the origin with radius 1 and label 7; the new key at distance 1.2,
+# eps 0.5 × its norm (0.6): within reach of the old entry (1.0 + 0.6 > 1.2)
+@pytest.mark.parametrize("new_label, n_entries, old_radius, new_radius", [
+    (7, 1, 1.2, None),        # same answer: the old radius grows to cover the new key
+    (8, 2, 0.6 - 1e-5, 0.6),  # another answer: a new entry, both radii half the distance
+])
+def test_grace_radii_grow_and_split(new_label, n_entries, old_radius, new_radius):
+    from kbsync.editing.side.grace import GRACE
+    lm = tiny_model("llama")
+    ed = _editor("grace", lm)
+    mem = _grace_memory(torch.zeros(1, 4), [1.0], [7])
+    entry, plan = ed._allocate(mem, torch.tensor([[1.2, 0.0, 0.0, 0.0]]), [new_label],
+                               torch.zeros(1, 3))
+    assert len(plan["keys"]) == n_entries
+    assert float(plan["radius"][0]) == pytest.approx(old_radius, abs=1e-6)
+    if new_radius is not None:
+        assert entry == [1] and float(plan["radius"][1]) == pytest.approx(new_radius)
+    else:
+        assert entry == [0]
+    assert isinstance(ed, GRACE)
+
+
+def test_grace_far_key_opens_an_entry_with_its_own_radius():
+    lm = tiny_model("llama")
+    ed = _editor("grace", lm)
+    mem = _grace_memory(torch.zeros(1, 4), [1.0], [7])
+    entry, plan = ed._allocate(mem, torch.tensor([[9.0, 0.0, 0.0, 0.0]]), [8], torch.zeros(1, 3))
+    assert entry == [1] and plan["radius"].tolist() == pytest.approx([1.0, 4.5])
+
+
+# CASE's conflict assessment on a stored subspace 0 (neuron 1, column c). A new edit whose
+# descent direction −G is along c shares it; one against c (a conflict) opens subspace 1;
+# a full subspace is not offered.
+@pytest.mark.parametrize("grad_sign, capacity, expected", [(-1.0, 8, 0), (1.0, 8, 1), (-1.0, 1, 1)])
+def test_case_shares_compatible_subspace_and_opens_one_on_conflict(grad_sign, capacity, expected):
+    lm = tiny_model("llama")
+    ed = _editor("case", lm, capacity=capacity, conflict=0.1)
+    column = torch.tensor([[1.0, 2.0, 0.0]])
+    t = {"columns": (column * 50).to(torch.int8), "column_scale": torch.tensor([0.02]),
+         "column_neuron": torch.tensor([1], dtype=torch.int32),
+         "column_subspace": torch.tensor([0], dtype=torch.int32),
+         "edit_subspace": torch.tensor([0], dtype=torch.int32)}
+    keys = torch.tensor([[[0.0, 2.0, 0.0, 0.0]]])                 # (edits, rows, d_in)
+    grads = grad_sign * column[None]                              # (edits, rows, d_out)
+    fisher = torch.tensor([[0.0, 4.0, 1.0, 0.0]])
+    plan = ed._allocate(t, keys, grads, fisher)
+    assert plan["edit_sub"].tolist() == [expected]
+    # KNT: the edit brings its most sensitive neuron not yet in the subspace
+    new_neurons = plan["neuron"][plan["col_sub"] == expected].tolist()
+    assert new_neurons == ([1, 2] if expected == 0 else [1])
+
+
+def _project(tmp_path, tiny_llama_dir, kb_cache, monkeypatch, editor):
+    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))
+    return make_project(tmp_path / "proj", tiny_llama_dir, editor=editor, batch_size=2,
+                        hparams={**TINY_SIDE, **TINY[editor]},
+                        gates={"locality_min": 0.9, "kl_max": 0.05, "ppl_drift_max": 0.01})
+
+
+@pytest.mark.parametrize("editor", SIDE)
+def test_memory_round_trips_snapshot_rollback_and_export(editor, tmp_path, tiny_llama_dir,
+                                                         kb_cache, monkeypatch):
+    import kbsync
+    from kbsync.apply import apply
+    from kbsync.editing.rebuild import load_at
+    from kbsync.history import committed, export, rollback
+    from kbsync.store.snapshots import SnapshotStore
+    from transformers import AutoModelForCausalLM
+
+    project = _project(tmp_path, tiny_llama_dir, kb_cache, monkeypatch, editor)
+    result = apply(project)
+    assert sorted(result.applied) == sorted(key(s) for s in FACTS), result.to_dict()
+    snaps = [sid for sid, _ in committed(SnapshotStore(project.kbsync_dir))]
+    first, last = snaps[0], snaps[-1]
+    # a new process (here: a fresh load) rebuilds the memory from the chain and answers
+    for subject, obj in FACTS.items():
+        assert answer(project, subject).strip().startswith(obj), subject
+    out = export(project, tmp_path / "exported")
+    assert out["side_memory"] == [editor]
+    loaded = kbsync.load_model(tmp_path / "exported", device="cpu", dtype="float32")
+    prompts = [prompt(s) for s in FACTS] + UNRELATED
+    at_head, _ = load_at(project, head(project), with_editor=False)
+    assert torch.allclose(next_token_logprobs(loaded, prompts), next_token_logprobs(at_head, prompts))
+    # plain transformers sees the unedited base (the README says which editors need the loader)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    assert not attached(plain)
+    # rollback to the first batch: its facts answer, the second batch's do not
+    rollback(project, first)
+    at_first, _ = load_at(project, head(project), with_editor=False)
+    mem = attached(at_first.model)[(editor, 2)]
+    at_last, _ = load_at(project, last, with_editor=False)
+    assert mem.nbytes < attached(at_last.model)[(editor, 2)].nbytes or editor == "wise"
+    kept = {k.split("/")[0] for k in applied_objects(project)}
+    assert 0 < len(kept) < len(FACTS)
+    for subject in kept:
+        assert answer(project, subject).strip().startswith(FACTS[subject]), subject
+    for subject in set(FACTS) - kept:
+        assert not answer(project, subject).strip().startswith(FACTS[subject]), subject
