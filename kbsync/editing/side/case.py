@@ -38,7 +38,6 @@ from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.router import nearest_within
 from kbsync.editing.side.train import build_rows, fit, memory_off
 from kbsync.editing.tokens import Batch, encode
-from kbsync.lm import arch
 
 PAD = -1
 
@@ -117,7 +116,7 @@ class CASE(SideEditor):
         def side(_xs, out):
             return out.index_put((at, torch.zeros_like(at)), a_rows @ cols, accumulate=True)
 
-        preserve = None
+        penalty = None
         if old_x is not None:
             a_old = old_x[:, neuron] * (col_sub[None, :] == plan["old_sub"][:, None])
             before = a_old @ plan["cols"]
@@ -125,8 +124,9 @@ class CASE(SideEditor):
 
             def preserve():
                 return x["preserve"] * (a_old @ cols - before).pow(2).sum() / norm
+            penalty = preserve
         self.last_stats = fit(rows, [cols], side, steps=self.hp.steps, lr=self.hp.lr,
-                              penalty=preserve, settle=x.get("settle", 1))
+                              penalty=penalty, settle=x.get("settle", 1))
         update = self._as_update(lm, specs, t, plan, cols.detach(), q[::per], radius,
                                  old_radius, labels)
         if first:

@@ -129,13 +129,18 @@ def fit(rows: Rows, params: list[torch.Tensor], side, *, steps: int, lr: float,
     return {"steps": step, "nll": nll.detach().tolist(), "solved": int(ok.sum())}
 
 
-def layer_inputs(lm, texts: list[str], layer: int) -> torch.Tensor:
-    """The memory layer's input at every real token of `texts`, (tokens, d_in) float32."""
+def layer_inputs(lm, texts: list[str], layer: int, *, but_last: bool = False) -> torch.Tensor:
+    """The memory layer's input at every real token of `texts` (with but_last: except
+    each text's last token), (tokens, d_in) float32."""
     enc = lm.tokenizer(texts, return_tensors="pt", padding=True).to(lm.device)
     store: dict = {}
     with torch.no_grad(), capture_mlp_inputs(lm.model, [layer], store):
         run(lm.model, enc, stop_after=layer)
-    return store[layer][enc["attention_mask"].bool().to(store[layer].device)].float()
+    keep = enc["attention_mask"].bool()
+    if but_last:
+        last = enc["attention_mask"].cumsum(1).argmax(1)        # the last real token
+        keep[torch.arange(len(texts), device=keep.device), last] = False
+    return store[layer][keep.to(store[layer].device)].float()
 
 
 @contextmanager

@@ -13,9 +13,15 @@ out-projection W, W' = W + Δ, used for a token only when the router says so.
          a seed); after `save_freq` edits the shard is closed and TIES-merged (trim to
          `density`, elect signs, disjoint mean) with the earlier shards' merge.
 
-The memory holds the merge of closed shards (dense, once there is one) and the open
-shard's values at its mask positions; a patch holds the open shard's values (ρ·d_out·d_in
-floats) and, when a shard closes, the new merge."""
+Added by kbsync (the reference has no such term, and it is what keeps earlier batches'
+edits when a batch trains the same Δ): a preservation penalty `preserve` ×
+‖K_old (Δ − Δ_before)ᵀ‖² / ‖K_old Δ_beforeᵀ‖² on the stored key inputs of earlier edits.
+Training routes as storage will: the key token always, other tokens where their score
+exceeds the current ε.
+
+The memory holds the merge of closed shards (dense, once there is one), the open shard's
+values at its mask positions and the edits' key inputs; a patch holds the open shard's
+values (ρ·d_out·d_in floats), the batch's keys and, when a shard closes, the new merge."""
 
 from __future__ import annotations
 
@@ -105,7 +111,11 @@ class WISE(SideEditor):
 
         with memory_off(lm.model):
             rows = build_rows(lm, specs, self.contexts(lm), self.layer, key="prompt")
-            other = layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer)
+            # out of scope: unrelated texts, and the edit prompts' own tokens before the key
+            # (routed there, they would change what the key token reads)
+            other = torch.cat([
+                layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
+                layer_inputs(lm, [s.text for s in specs], self.layer, but_last=True)])
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
         key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
         key_tok[:n_edit, 0] = True
@@ -132,7 +142,7 @@ class WISE(SideEditor):
                     + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
 
         old_keys = t.get("keys")
-        preserve = None
+        penalty = None
         if old_keys is not None and x["preserve"] > 0:
             start_delta = delta().detach()
             before = old_keys @ start_delta.T
@@ -140,12 +150,13 @@ class WISE(SideEditor):
 
             def preserve():      # earlier edits' key tokens keep their side output
                 return x["preserve"] * (old_keys @ delta().T - before).pow(2).sum() / scale
+            penalty = preserve
 
         def clamp():
             values.clamp_(-x["norm_constraint"], x["norm_constraint"])
 
         self.last_stats = fit(rows, [values], side, steps=self.hp.steps, lr=self.hp.lr,
-                              margin=margins, penalty=preserve, after_step=clamp,
+                              margin=margins, penalty=penalty, after_step=clamp,
                               optimizer=x.get("optimizer", "adam"))
         with torch.no_grad():
             low = min(old_low, float((keys @ delta().T).norm(dim=-1).min()))
