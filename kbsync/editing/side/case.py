@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.hooks import capture_mlp_inputs, run
 from kbsync.editing.side.base import SideEditor
 from kbsync.editing.side.grace import label_of
 from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.router import nearest_within
-from kbsync.editing.side.train import build_rows, fit, memory_off
-from kbsync.editing.tokens import Batch, encode
+from kbsync.editing.side.train import build_rows, fit, layer_states, memory_off
+from kbsync.editing.tokens import encode, render
 
 PAD = -1
 
@@ -188,7 +187,7 @@ class CASE(SideEditor):
         else:
             neuron, col_sub, old_cols, count = [], [], keys.new_zeros(0, grads.shape[-1]), []
         n_old_cols = len(neuron)
-        placed: dict[int, list[torch.Tensor]] = {}        # subspace -> this batch's G's
+        placed: dict[int, list[int]] = {}        # subspace -> this batch's edits placed there
         edit_sub = []
 
         def ref_of(s: int, members: list[int]):
@@ -251,19 +250,14 @@ class CASE(SideEditor):
         if not edits:
             return None
         ids = t["prompt_ids"][edits].long()
-        mask = (ids != PAD).long()
-        batch = Batch(ids.clamp_min(0).to(lm.device), mask.to(lm.device), None, None, [], [])
-        store: dict = {}
-        with torch.no_grad(), capture_mlp_inputs(lm.model, [self.layer], store):
-            run(lm.model, batch, stop_after=self.layer)
-        rows = torch.arange(len(edits), device=store[self.layer].device)
-        return store[self.layer][rows, t["key_pos"][edits].long().to(rows.device)].float()
+        states = layer_states(lm, ids.clamp_min(0), (ids != PAD).long(), self.layer)
+        rows = torch.arange(len(edits), device=states.device)
+        return states[rows, t["key_pos"][edits].long().to(states.device)]
 
     def _as_update(self, lm, specs, t, plan, cols, bare_q, radius, old_radius, labels):
         x = self.x
-        texts = [s.text for s in specs]
-        start = [s.prompt.index("{subject}") for s in specs]
-        enc = encode(lm.tokenizer, texts, [(a, a + len(s.subject)) for a, s in zip(start, specs)])
+        bare = [render("{}", s.prompt, s.subject) for s in specs]
+        enc = encode(lm.tokenizer, [text for text, _ in bare], [span for _, span in bare])
         width = x["prompt_tokens"]
         ids = torch.full((len(specs), width), PAD, dtype=torch.int32)
         key_pos = torch.zeros(len(specs), dtype=torch.int32)

@@ -125,10 +125,6 @@ def attach_memory_tensors(model, flat: dict[str, torch.Tensor]) -> None:
     for (kind, layer), tensors in grouped.items():
         if kind not in kinds:
             raise ValueError(f"unknown side-memory kind {kind!r} (known: {', '.join(kinds)})")
-        mem = memory_for(model, kind, layer)
-        mem.tensors = {k: v.to(_device_of(model, layer)) for k, v in tensors.items()}
-        mem.refresh()
+        device = arch.weight_of(model, layer).device
+        memory_for(model, kind, layer).restore({k: v.to(device) for k, v in tensors.items()})
 
-
-def _device_of(model, layer: int):
-    return arch.weight_of(model, layer).device

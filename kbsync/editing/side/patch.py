@@ -20,7 +20,9 @@ class MemoryPatch:
     update: dict[str, torch.Tensor]      # `<op>.<name>` -> tensor (memory.apply_update)
     state_update: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    layers: tuple = ()                   # no base weight changes
+    @property
+    def layers(self) -> tuple:
+        return ()                        # no base weight changes
 
     def apply(self, model) -> None:
         memory_for(model, self.kind, self.layer).apply_update(self.update)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -129,18 +130,28 @@ def fit(rows: Rows, params: list[torch.Tensor], side, *, steps: int, lr: float,
     return {"steps": step, "nll": nll.detach().tolist(), "solved": int(ok.sum())}
 
 
+def layer_states(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 layer: int) -> torch.Tensor:
+    """The memory layer's input at every position, (B, T, d_in) float32; the blocks above
+    it are skipped."""
+    batch = SimpleNamespace(input_ids=input_ids.to(lm.device),
+                            attention_mask=attention_mask.to(lm.device))
+    store: dict = {}
+    with torch.no_grad(), capture_mlp_inputs(lm.model, [layer], store):
+        run(lm.model, batch, stop_after=layer)
+    return store[layer].float()
+
+
 def layer_inputs(lm, texts: list[str], layer: int, *, but_last: bool = False) -> torch.Tensor:
     """The memory layer's input at every real token of `texts` (with but_last: except
     each text's last token), (tokens, d_in) float32."""
-    enc = lm.tokenizer(texts, return_tensors="pt", padding=True).to(lm.device)
-    store: dict = {}
-    with torch.no_grad(), capture_mlp_inputs(lm.model, [layer], store):
-        run(lm.model, enc, stop_after=layer)
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True)
+    states = layer_states(lm, enc["input_ids"], enc["attention_mask"], layer)
     keep = enc["attention_mask"].bool()
     if but_last:
         last = enc["attention_mask"].cumsum(1).argmax(1)        # the last real token
-        keep[torch.arange(len(texts), device=keep.device), last] = False
-    return store[layer][keep.to(store[layer].device)].float()
+        keep[torch.arange(len(texts)), last] = False
+    return states[keep.to(states.device)]
 
 
 @contextmanager

@@ -125,31 +125,32 @@ class WISE(SideEditor):
         def delta():
             return base.index_put(where, values, accumulate=True)
 
+        step: dict = {}      # this step's Δ and key scores, shared by side, margins, penalty
+
         def side(xs, out):
             # routed as it will be once stored: tokens scoring above ε (the key tokens
             # always do; ε is at most act_ratio × their lowest score)
-            d = delta()
+            d = step["delta"] = delta()
+            key = step["key"] = (keys @ d.T).norm(dim=-1)
             s = xs @ d.T
             with torch.no_grad():
-                eps = x["act_ratio"] * min(old_low, float((keys @ d.T).norm(dim=-1).min()))
+                eps = x["act_ratio"] * min(old_low, float(key.min()))
                 use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
             return out + s * use
 
         def margins():
-            d = delta()
-            key, unrelated = (keys @ d.T).norm(dim=-1), (other @ d.T).norm(dim=-1)
+            key, unrelated = step["key"], (other @ step["delta"].T).norm(dim=-1)
             return (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
                     + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
 
         old_keys = t.get("keys")
         penalty = None
         if old_keys is not None and x["preserve"] > 0:
-            start_delta = delta().detach()
-            before = old_keys @ start_delta.T
+            before = old_keys @ delta().detach().T
             scale = before.pow(2).sum().clamp_min(1e-6)
 
             def preserve():      # earlier edits' key tokens keep their side output
-                return x["preserve"] * (old_keys @ delta().T - before).pow(2).sum() / scale
+                return x["preserve"] * (old_keys @ step["delta"].T - before).pow(2).sum() / scale
             penalty = preserve
 
         def clamp():
