@@ -13,8 +13,8 @@ phase really processed (no padding):
             block and backward through the blocks above the target layer; the unembedding
             (2·d·V) forward and backward at each target token
   keys      the rewrite prompts (without targets) up to the target layer, once per edited
-            layer (MEMIT's spread recomputes them), and up to the highest edited layer once
-            more for an editor that remembers past keys
+            layer (MEMIT's spread recomputes them; an editor that remembers past keys
+            keeps these)
   solve     the editor's own count in float64 (Editor.solve_flops)
   gates     the probe prompts forward through the whole model, twice (parent, candidate),
             and the candidate's perplexity on the reference text
@@ -79,8 +79,7 @@ class ModelShape:
     def of(cls, model) -> "ModelShape":
         from kbsync.lm import arch
 
-        blocks = arch.get_module(model, arch.arch_for(model).blocks)
-        return cls(len(blocks), sum(p.numel() for p in blocks[0].parameters()),
+        return cls(arch.num_layers(model), sum(p.numel() for p in arch.block(model, 0).parameters()),
                    model.config.hidden_size, model.get_output_embeddings().weight.shape[0])
 
     def forward_flops(self, tokens: int, blocks: int | None = None) -> float:
@@ -94,12 +93,10 @@ def target_flops(shape: ModelShape, tokens: dict, steps: int, z_layer: int) -> f
     return shape.forward_flops(tokens["prefix"]) + steps * per_step
 
 
-def keys_flops(shape: ModelShape, prompt_tokens: int, layers: list[int], z_layer: int,
-               memory_pass: bool) -> float:
+def keys_flops(shape: ModelShape, prompt_tokens: int, layers: list[int], z_layer: int) -> float:
     """One pass per edited layer up to the target layer (keys and the current output
-    there), and one up to the highest edited layer if the editor keeps past keys."""
-    return (len(layers) * shape.forward_flops(prompt_tokens, z_layer + 1)
-            + memory_pass * shape.forward_flops(prompt_tokens, max(layers) + 1))
+    there)."""
+    return len(layers) * shape.forward_flops(prompt_tokens, z_layer + 1)
 
 
 def gate_flops(shape: ModelShape, probe_tokens: int, probe_prompts: int,

@@ -20,7 +20,6 @@ from kbsync.bench import floor
 from kbsync.bench.datasets import DATASETS, Case
 from kbsync.bench.setup import load_bench_model, timed_statistics
 from kbsync.config import Gates
-from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.clock import PhaseClock
 from kbsync.editing.registry import make_editor
 from kbsync.evaluate.drift import GATE_PASSAGES, reference_text
@@ -131,9 +130,8 @@ def _count_work(work: dict, rates: floor.MachineRates, shape: floor.ModelShape, 
     tokens = stats["target_tokens"]
     work["targets"] += floor.target_flops(shape, tokens, stats["target_steps"],
                                           hp.target_layer) / rates.flops
-    remembers = type(ed).state_update is not LocateThenEdit.state_update
     work["keys"] += floor.keys_flops(shape, tokens["rewrite_prompts"], list(hp.layers),
-                                     hp.target_layer, remembers) / rates.flops
+                                     hp.target_layer) / rates.flops
     d_in = arch.dims(lm.model, hp.layers[0])[1]
     work["solve"] += len(hp.layers) * ed.solve_flops(d_in, len(chunk)) / rates.flops_fp64
     texts = (probes.edit_prompts + probes.para_prompts + probes.locality_prompts

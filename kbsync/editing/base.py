@@ -12,7 +12,6 @@ edited so far (MEMIT's spread), and the editor's solve turns them into Δ = U V�
 
 from __future__ import annotations
 
-import functools
 from typing import Protocol
 
 import torch
@@ -47,6 +46,8 @@ class LocateThenEdit:
         self.state: dict[str, torch.Tensor] = {}
         self.last_stats: dict = {}
         self.clock = PhaseClock()
+        self._covs: dict[int, torch.Tensor] = {}
+        self._covs_of: str | None = None
 
     # -- what subclasses provide -------------------------------------------------------
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor,
@@ -54,8 +55,16 @@ class LocateThenEdit:
         """keys (d_in, n), resid (d_out, n), cov (d_in, d_in), all float64 -> (U, V)."""
         raise NotImplementedError
 
-    def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
+    def state_update(self, lm, specs, contexts, keys: dict[int, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+        """What the patch carries for the editor's memory; `keys` are the batch's keys per
+        edited layer (n, d_in) as the solves used them."""
         return {}
+
+    def remember(self, patch: WeightPatch) -> None:
+        """Fold an accepted patch's own state entries into the memory (default: add)."""
+        for key, value in patch.state_update.items():
+            self.state[key] = self.state[key] + value if key in self.state else value.clone()
 
     def solve_flops(self, d_in: int, n: int) -> float:
         """float64 FLOPs of one layer's solve (for `bench speed`'s floor): forming λC + KKᵀ,
@@ -64,7 +73,11 @@ class LocateThenEdit:
 
     # -- shared machinery ---------------------------------------------------------------
     def covariances(self, lm) -> dict[int, torch.Tensor]:
-        return second_moments(lm, list(self.hp.layers), self.hp.stats_tokens)
+        """C per edited layer, read once per model (not once per batch)."""
+        if self._covs_of != lm.fingerprint:
+            self._covs = second_moments(lm, list(self.hp.layers), self.hp.stats_tokens)
+            self._covs_of = lm.fingerprint
+        return self._covs
 
     def edit(self, lm, specs: list[EditSpec]) -> WeightPatch:
         if not specs:
@@ -78,12 +91,14 @@ class LocateThenEdit:
         self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist(),
                            "target_tokens": target.tokens}
         patch = WeightPatch({})
+        batch_keys: dict[int, torch.Tensor] = {}
         originals = save_layers(lm.model, layers)
         try:
             for i, layer in enumerate(layers):
                 with clock.phase("keys", lm.device):
                     keys, current = keys_and_outputs(lm, specs, contexts, [layer],
                                                      hp.target_layer)
+                batch_keys[layer] = keys[layer]
                 resid = (target.z.to(current.device) - current) / (len(layers) - i)   # (n, d_out)
                 # solved where the layer lives (each GPU of a device map), in float64:
                 # λC + KKᵀ spans many orders of magnitude
@@ -100,25 +115,15 @@ class LocateThenEdit:
                     raise EditorError(f"{self.name}: non-finite update at layer {layer}")
                 step.apply(lm.model)
                 patch.merge(step)
-            with clock.phase("keys", lm.device):
-                patch.state_update.update(self.state_update(lm, specs, contexts))
+            patch.state_update.update(self.state_update(lm, specs, contexts, batch_keys))
         finally:   # bit for bit: W + Δ - Δ is only W up to rounding
             restore_layers(lm.model, originals)
         return patch
 
-    def __init_subclass__(cls, **kwargs):
-        # an editor's own accept (its memory) never sees the regulariser's state entries,
-        # and they are folded whatever that accept does: wrap it once per class
-        super().__init_subclass__(**kwargs)
-        if not getattr(cls.accept, "folds_regularizer", False):
-            cls.accept = _folding_regularizer(cls.accept)
-
     def accept(self, patch: WeightPatch) -> None:
-        patch = regularize.fold(self.state, patch)
-        for key, value in patch.state_update.items():
-            self.state[key] = self.state[key] + value if key in self.state else value.clone()
-
-    accept.folds_regularizer = True
+        # the regulariser's entries are folded here, for every editor; its own memory
+        # (remember) never sees them
+        self.remember(regularize.fold(self.state, patch))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.state)
@@ -126,10 +131,3 @@ class LocateThenEdit:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = {k: v.clone() for k, v in state.items()}
 
-
-def _folding_regularizer(accept):
-    @functools.wraps(accept)
-    def folding(self, patch: WeightPatch) -> None:
-        return accept(self, regularize.fold(self.state, patch))
-    folding.folds_regularizer = True
-    return folding

@@ -136,21 +136,22 @@ class LyapLock(LocateThenEdit):
             return self.inner.solve_flops(d_in, n) + trace
         return super().solve_flops(d_in, d_out) + 2 * trace          # d_out right-hand sides
 
-    def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
+    def state_update(self, lm, specs, contexts, keys) -> dict[str, torch.Tensor]:
         out = {}
         if self.inner is not None:
-            out = {INNER + k: t for k, t in self.inner.state_update(lm, specs, contexts).items()}
+            out = {INNER + k: t
+                   for k, t in self.inner.state_update(lm, specs, contexts, keys).items()}
         for layer, entries in self._pending.items():
             out.update({f"{PREFIX}{what}.{layer}": t for what, t in entries.items()})
         return out
 
-    def accept(self, patch: WeightPatch) -> None:
+    def remember(self, patch: WeightPatch) -> None:
         own = {k[len(PREFIX):]: t for k, t in patch.state_update.items() if k.startswith(PREFIX)}
         if self.inner is not None:
             rest = {k[len(INNER):]: t for k, t in patch.state_update.items() if k.startswith(INNER)}
             self.inner.accept(WeightPatch(patch.factors, rest))
         deltas = {l: u.double() @ v.double().T for l, (u, v) in patch.factors.items()}
-        for layer, dense in getattr(patch, "dense", {}).items():     # patches with a dense part
+        for layer, dense in patch.dense.items():                     # patches with a dense part
             deltas[layer] = deltas[layer] + dense.double() if layer in deltas else dense.double()
         for layer, delta in deltas.items():
             self._fold(f"drift.{layer}", delta)

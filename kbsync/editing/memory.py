@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.keys import keys_and_outputs
 
 
 class KeyMemory:
@@ -23,11 +22,10 @@ class KeyMemory:
         past = self.state.get(f"past_kkt.{layer}")
         return past.to(like) if past is not None else 0
 
-    def state_update(self, lm, specs, contexts) -> dict[str, torch.Tensor]:
-        keys, _ = keys_and_outputs(lm, specs, contexts, sorted(self.hp.layers))
+    def state_update(self, lm, specs, contexts, keys) -> dict[str, torch.Tensor]:
         return {f"keys.{l}": k.float() for l, k in keys.items()}
 
-    def accept(self, patch) -> None:
+    def remember(self, patch) -> None:
         for name, k in patch.state_update.items():
             layer = name.split(".")[1]
             kkt = k.T.double() @ k.double()                            # (d_in, d_in)

@@ -28,13 +28,14 @@ class WeightPatch:
         """Every layer the patch changes (factors, dense or both)."""
         return sorted(set(self.factors) | set(self.dense))
 
-    def delta(self, layer: int) -> torch.Tensor:
+    def delta(self, layer: int, device=None) -> torch.Tensor:
+        """U Vᵀ + D of a layer, formed on `device` (default: where the factors are)."""
         parts = []
         if layer in self.factors:
-            u, v = self.factors[layer]
+            u, v = (t.to(device) for t in self.factors[layer])
             parts.append(u @ v.T)                          # (d_out, d_in)
         if layer in self.dense:
-            parts.append(self.dense[layer])
+            parts.append(self.dense[layer].to(device))
         if not parts:
             raise KeyError(layer)
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
@@ -43,7 +44,7 @@ class WeightPatch:
         with torch.no_grad():
             for layer in self.layers:
                 weight = arch.weight_of(model, layer)
-                weight.add_(sign * self.delta(layer).to(weight.device, weight.dtype))
+                weight.add_(sign * self.delta(layer, weight.device).to(weight.dtype))
 
     def apply(self, model) -> None:
         self._add(model, 1.0)

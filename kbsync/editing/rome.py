@@ -64,7 +64,7 @@ class ROME(LocateThenEdit):
                 step.apply(lm.model)               # the next request sees this one
                 if layer in step.factors:
                     us.append(step.factors[layer][0]), vs.append(step.factors[layer][1])
-                dense += list(getattr(step, "dense", {}).values())   # RECT's sparse updates
+                dense += list(step.dense.values())   # RECT's sparse updates
                 stats.append(self.last_stats)
         finally:   # bit for bit, as base.edit does
             restore_layers(lm.model, originals)
