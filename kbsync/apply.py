@@ -89,7 +89,7 @@ def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
             if plan is None:
                 if refresh:
                     from kbsync.editing.rebuild import load_at
-                    loaded = load_at(project, read_applied_state(project.kbsync_dir).snapshot_id)
+                    loaded = load_at(project, SnapshotStore(project.kbsync_dir).head())
                 plan = compute_plan(project, refresh=refresh, lm=loaded[0] if loaded else None,
                                     progress=lambda done, total: emit(
                                         {"type": "progress", "phase": "refresh",
@@ -134,7 +134,6 @@ class Scheduler:
         from kbsync.editing.rebuild import load_at
 
         self.lm, self.editor = self.loaded or load_at(self.project, self.head)
-        self.run_id = None
         if self.stop():
             raise RunAbandoned(None)                 # nothing started, nothing to record
         self.run_id = self.ledger.start_run(
@@ -181,8 +180,6 @@ class Scheduler:
     def _abandon(self) -> None:
         """Record a stopped run: its edits not yet committed or rejected as interrupted,
         then the run itself, so the ledger says at once what the next run plans again."""
-        if self.run_id is None:
-            return
         done = set(self.result.applied) | set(self.result.rejected)
         with self.ledger.transaction():
             for w in self.work:
@@ -209,7 +206,7 @@ class Scheduler:
                         paraphrases=tuple(others + list(fact.paraphrases)))
 
     def classify(self) -> list[Work]:
-        from kbsync.lm.score import probe_answers
+        from kbsync.lm.score import first_phrase, probe_answers
 
         work: list[Work] = []
         for req in self.plan.requests:
@@ -232,7 +229,7 @@ class Scheduler:
                                [w.spec.target for w in work])
         todo = []
         for w, (is_known, answer) in zip(work, probes):
-            w.pre_answer = _first_phrase(answer)
+            w.pre_answer = first_phrase(answer)
             if is_known:
                 self._record(w.request, "known", reason="the model already answers this",
                              pre_answer=w.pre_answer)
@@ -359,7 +356,3 @@ def _first_applied_edit(ledger: Ledger, fact_key: str) -> dict | None:
     applied = [e for e in ledger.edits_for(fact_key) if e["status"] == "applied"]
     return applied[0] if applied else None
 
-
-def _first_phrase(answer: str) -> str:
-    from kbsync.lm.score import first_phrase
-    return first_phrase(answer)

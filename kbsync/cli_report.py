@@ -3,7 +3,6 @@ kbsync.report.write_report and prints where the page is."""
 
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -19,11 +18,10 @@ from kbsync.cli import Env, echo_json, handle_errors, json_option, main, pass_en
 def report(env: Env, out_dir: str | None, as_json: bool) -> None:
     """Write an HTML report with figures from the ledger: gate metrics per snapshot, edits
     accepted and rejected, seconds per edit, norms of the edited matrices."""
-    from kbsync.report import write_report
+    from kbsync.report import build_report
 
     project = env.project()
-    index = write_report(project, env.path(out_dir) if out_dir else None)
-    summary = json.loads((index.parent / "report.json").read_text(encoding="utf-8"))
+    index, summary = build_report(project, env.path(out_dir) if out_dir else None)
     snapshots = len(summary["snapshots"])
     if as_json:
         echo_json({"type": "report", "index": str(index), "figures": summary["figures"],

@@ -35,11 +35,14 @@ def recover(project, ledger: Ledger, emit: Callable[[dict], None]) -> list[str]:
     were written leaves a committed snapshot the ledger does not know: its snapshot row
     and its applied edits (with their pre-edit answers, kept in the manifest's meta) are
     recorded here first, so history and later removes see what was really applied."""
-    snapshots = SnapshotStore(project.kbsync_dir)
-    head = snapshots.head()
-    committed = snapshots.history(head) if head else []
+    from kbsync.history import committed as committed_snapshots
+
+    open_runs = ledger.open_runs()
+    if not open_runs:               # the usual case: no manifest needs reading
+        return []
+    committed = committed_snapshots(SnapshotStore(project.kbsync_dir))
     interrupted = []
-    for run in ledger.open_runs():
+    for run in open_runs:
         run_id = run["run_id"]
         recorded = {r["snapshot_id"] for r in ledger.rows("snapshots", "run_id = ?", [run_id])}
         with ledger.transaction():

@@ -207,5 +207,5 @@ def latest_edit(project: Project, fact_key: str) -> dict:
 
 
 def first_phrase(text: str) -> str:
-    from kbsync.apply import _first_phrase
-    return _first_phrase(text)
+    from kbsync.lm.score import first_phrase as phrase
+    return phrase(text)

@@ -81,20 +81,25 @@ def answers_match(answer: str, expected: str) -> bool:
     return answer.strip().lower().startswith(expected.strip().lower())
 
 
-def probe_answers(lm, prompts: list[str], targets: list[str],
-                  max_new_tokens: int = 6) -> list[tuple[bool, str]]:
+def probe_answers(lm, prompts: list[str], targets: list[str], max_new_tokens: int = 6,
+                  *, answers_for_known: bool = True) -> list[tuple[bool, str]]:
     """Per pair: (whether the model answers it, its greedy continuation).
 
     The one definition of "the model answers this fact", shared by apply (a fact it
     already answers needs no edit) and refresh (a committed fact it no longer answers
     has drifted), so the two can never disagree: every target token is the argmax when
-    teacher forced, or the greedy continuation starts with the target."""
+    teacher forced, or the greedy continuation starts with the target. Without
+    answers_for_known, facts the teacher-forced check accepts are not decoded (answer "")."""
     if not prompts:
         return []
-    _, top1 = target_nll(lm, prompts, targets)
-    answers = greedy(lm, prompts, max_new_tokens=max_new_tokens)
+    top1 = target_nll(lm, prompts, targets)[1].tolist()
+    decode = [i for i, known in enumerate(top1) if answers_for_known or not known]
+    answers = [""] * len(prompts)
+    for i, answer in zip(decode, greedy(lm, [prompts[i] for i in decode],
+                                        max_new_tokens=max_new_tokens) if decode else []):
+        answers[i] = answer
     return [(bool(known) or answers_match(answer, target), answer)
-            for known, answer, target in zip(top1.tolist(), answers, targets)]
+            for known, answer, target in zip(top1, answers, targets)]
 
 
 def first_phrase(answer: str) -> str:

@@ -25,6 +25,11 @@ def default_report_dir(project) -> Path:
 def write_report(project, out_dir: str | Path | None = None) -> Path:
     """Write index.html, its PNGs and report.json (the same data) into `out_dir`
     (default `.kbsync/report/`); returns the path of index.html."""
+    return build_report(project, out_dir)[0]
+
+
+def build_report(project, out_dir: str | Path | None = None) -> tuple[Path, dict]:
+    """write_report, also returning the summary it wrote to report.json."""
     from kbsync.report.data import read_report_data
     from kbsync.report.html import render
     from kbsync.report.plots import draw_all
@@ -39,4 +44,4 @@ def write_report(project, out_dir: str | Path | None = None) -> Path:
     index = out / "index.html"
     # written last: a page that exists names only figures that exist
     atomic_write_text(index, render(data, figures))
-    return index
+    return index, summary

@@ -15,12 +15,11 @@ Where each figure comes from:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kbsync.errors import KbsyncError
-from kbsync.store.canonical import utc_now
+from kbsync.store.canonical import nonfinite_as_text, utc_now
 from kbsync.store.snapshots import Manifest, SnapshotStore
 
 # statuses counted per run, in the order the report shows them
@@ -88,7 +87,7 @@ class ReportData:
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN/Infinity: spell them as strings, like the ledger's JSON columns
-        return _json_safe(asdict(self) | {"metrics": self.metrics, "layers": self.layers})
+        return nonfinite_as_text(asdict(self) | {"metrics": self.metrics, "layers": self.layers})
 
 
 def read_report_data(project, *, norms: bool = True) -> ReportData:
@@ -178,12 +177,3 @@ def _run_records(runs: list[dict], edits: list[dict], events: list[dict]) -> lis
         records.append(record)
     return records
 
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

@@ -71,10 +71,8 @@ def relative_norms(project, manifests: dict[str, Manifest]
             start, weights = 0, {l: w.clone() for l, w in base.items()}
         for ancestor in lineage[start:]:
             patch = patches.get(known[ancestor].patch or "")
-            for layer, (u, v) in (patch.factors if patch else {}).items():
-                weights[layer].addmm_(u, v.T)          # W += U Vᵀ, as WeightPatch.apply
-            for layer, dense in (patch.dense if patch else {}).items():
-                weights[layer].add_(dense)             # W += D (RECT, PRUNE)
+            for layer in patch.layers if patch else ():
+                weights[layer].add_(patch.delta(layer))   # as WeightPatch.apply
         out[sid] = {layer: _norm(weights[layer]) / base_norm[layer] for layer in layers}
         last = (sid, weights)
     return base_norm, out
@@ -133,12 +131,11 @@ def _from_loaded_model(path: Path, layers: list[int], allow_pickle: bool
 def _patch(tensors: dict[str, "torch.Tensor"]) -> "WeightPatch":
     """The patch's weight deltas in float32 (its editor state is not needed here); a
     side-memory patch changes no weight."""
-    from kbsync.editing.patch import WeightPatch
-    from kbsync.editing.side.patch import MemoryPatch
+    from kbsync.editing.patch import WeightPatch, load_patch
 
-    if MemoryPatch.holds(tensors):
+    patch = load_patch(tensors)
+    if not patch.layers:
         return WeightPatch.empty()
-    patch = WeightPatch.from_tensors(tensors)
     return WeightPatch({l: (u.float(), v.float()) for l, (u, v) in patch.factors.items()}, {},
                        {l: d.float() for l, d in patch.dense.items()})
 

@@ -17,12 +17,11 @@ from typing import Any, Callable
 from kbsync.errors import GateFailed, IntegrityError, KbsyncError, LockHeld
 from kbsync.store.canonical import utc_now
 
-__all__ = ["run_cycle", "OUTCOMES"]
+__all__ = ["run_cycle"]
 
 Emit = Callable[[dict], None]
 # applied: a run committed; no_changes: nothing to do; abandoned: stopped on request;
 # rejected: the gates rejected every edit; lock_held: retried later; error: see `message`
-OUTCOMES = ("applied", "no_changes", "abandoned", "rejected", "lock_held", "error")
 
 
 def run_cycle(root: Path, number: int, trigger: str, *, stop: Callable[[], bool],

@@ -73,7 +73,9 @@ def find_drift(lm, kb: KnowledgeBase, keys: list[str], *, batch: int = PROBE_BAT
     for start in range(0, len(keys), batch):
         chunk = keys[start:start + batch]
         targets = [kb.facts[k].object for k in chunk]
-        probes = probe_answers(lm, [kb.prompts(k)[0] for k in chunk], targets)
+        # only a fact the model misses needs its greedy answer (the drift's `observed`)
+        probes = probe_answers(lm, [kb.prompts(k)[0] for k in chunk], targets,
+                               answers_for_known=False)
         drifted += [Drifted(k, target, first_phrase(answer))
                     for k, target, (answered, answer) in zip(chunk, targets, probes)
                     if not answered]

@@ -153,7 +153,7 @@ def watch(project, *, debounce: float = 1.0, polling: bool = False, poll_interva
                 if handler.root_gone and target.watch_dir.is_dir():   # the folder is back
                     _halt(observer)
                     handler.root_gone = False
-                    observer, kind, _ = start_observer(handler, target, polling=polling,
+                    observer, _, _ = start_observer(handler, target, polling=polling,
                                                        poll_interval=poll_interval,
                                                        native=native)
                     debouncer.mark()
