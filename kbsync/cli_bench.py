@@ -11,7 +11,7 @@ from kbsync.cli import echo_json, handle_errors, json_option, main
 
 def _print_table(result: dict) -> None:
     for key, value in result.items():
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list)):
             continue
         click.echo(f"{key:<32} {value:.4g}" if isinstance(value, float) else f"{key:<32} {value}")
 
@@ -30,14 +30,17 @@ def bench() -> None:
 @click.option("--model", default="default", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
+@click.option("--trace", default=0, show_default=True,
+              help="After each batch, score the first N edits and the perplexity drift.")
 @json_option
 @handle_errors
-def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, as_json) -> None:
+def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, trace,
+                  as_json) -> None:
     """N sequential edits in batches of B, all scored after the last batch."""
     from kbsync.bench.quality import run_quality
 
     result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
-                         hparams=json.loads(hparams))
+                         hparams=json.loads(hparams), trace=trace)
     if as_json:
         echo_json(result)
         return

@@ -1,5 +1,9 @@
 """`kbsync bench quality`: N sequential edits from CounterFact or zsRE in batches of B,
-all scored after the last batch against the unedited model (editors.md §12.1)."""
+all scored after the last batch against the unedited model (editors.md §12.1).
+
+With `trace`, each batch is followed by the efficacy of the first `trace` edits made so far
+and the perplexity drift: how the earliest edits and the model hold up as edits accumulate
+(issue 7's plot, benchmarks/lifelong_plot.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ from tqdm import tqdm
 
 from kbsync.bench.datasets import DATASETS
 from kbsync.bench.setup import load_bench_model, timed_statistics
+from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.registry import make_editor
-from kbsync.evaluate.metrics import exact_match, snapshot_scores
+from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
+from kbsync.lm import arch
 from kbsync.lm.score import perplexity
 from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
 from kbsync.editing.side.memory import attached
@@ -38,30 +44,50 @@ def inference_slowdown(lm, texts: list[str], repeats: int = 3) -> float:
     return with_memory / without - 1.0
 
 
+def weight_growth(model, originals: dict[int, torch.Tensor]) -> dict:
+    """‖W‖_F / ‖W_0‖_F per edited matrix, and how many of their entries changed."""
+    now = {layer: arch.weight_of(model, layer).detach() for layer in originals}
+    return {"relative_norm": {layer: float(now[layer].double().norm() / w0.double().norm())
+                              for layer, w0 in originals.items()},
+            "params_changed": sum(int((now[layer] != w0).sum()) for layer, w0 in originals.items())}
+
+
 def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int = 0,
                 model: str = "default", device: str = "auto", hparams: dict | None = None,
-                offset: int = 0, on_batch: Callable[[dict], None] | None = None) -> dict:
+                offset: int = 0, trace: int = 0,
+                on_batch: Callable[[dict], None] | None = None) -> dict:
     torch.manual_seed(seed)
     lm = load_bench_model(model, device)
     cases = DATASETS[dataset](edits, offset)
     ed = make_editor(editor, lm.model.config, {**(hparams or {}), "seed": seed})
+    reference = reference_text(BENCH_PASSAGES)
 
     pre = snapshot_scores(lm, cases, dataset)
-    ppl_before = perplexity(lm, reference_text(BENCH_PASSAGES))
+    ppl_before = perplexity(lm, reference)
     stats_seconds = timed_statistics(ed, lm)
+    layers = ed.hp.layers if isinstance(ed, LocateThenEdit) else []    # side memories: none
+    originals = {l: arch.weight_of(lm.model, l).detach().clone() for l in layers}
 
-    t0 = time.perf_counter()
+    t0, traced, edit_seconds = time.perf_counter(), [], 0.0
     for start in tqdm(range(0, len(cases), batch), desc=f"{editor} edits", unit="batch",
                       disable=None):
         patch = ed.edit(lm, [c.spec for c in cases[start:start + batch]])
         patch.apply(lm.model)
         ed.accept(patch)
+        done = min(start + batch, len(cases))
+        edit_seconds += time.perf_counter() - t0
+        record = {"type": "batch", "done": done, **ed.last_stats}
+        if trace:                     # measured outside the edit clock
+            record["efficacy_first"] = float(rewrite_scores(lm, cases[:min(trace, done)],
+                                                            dataset).mean())
+            record["ppl_drift"] = perplexity(lm, reference) / ppl_before - 1.0
+            traced.append({k: record[k] for k in ("done", "efficacy_first", "ppl_drift")})
         if on_batch:
-            on_batch({"type": "batch", "done": min(start + batch, len(cases)), **ed.last_stats})
-    edit_seconds = time.perf_counter() - t0
+            on_batch(record)
+        t0 = time.perf_counter()
 
     post = snapshot_scores(lm, cases, dataset)
-    ppl_after = perplexity(lm, reference_text(BENCH_PASSAGES))
+    ppl_after = perplexity(lm, reference)
     memories = attached(lm.model).values()
     return {
         "editor": editor, "dataset": dataset, "edits": len(cases), "batch": batch, "seed": seed,
@@ -75,6 +101,8 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
         "seconds_per_edit": edit_seconds / len(cases), "stats_seconds": stats_seconds,
         # side memory the model carries at inference, and what routing through it costs
         "extra_bytes": sum(m.nbytes for m in memories),
-        "inference_slowdown": inference_slowdown(lm, reference_text(BENCH_PASSAGES)),
+        "inference_slowdown": inference_slowdown(lm, reference),
+        **weight_growth(lm.model, originals),
+        "trace": traced,
         "hparams": ed.hp.to_dict() if hasattr(ed, "hp") else {},
     }

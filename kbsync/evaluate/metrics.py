@@ -22,18 +22,24 @@ def prefers(lm, prompts, better, worse) -> torch.Tensor:
     return (a < b).float()
 
 
-def snapshot_scores(lm, cases, dataset: str) -> dict:
-    """Scores of every case, plus the raw top-1 of neighbour prompts for locality."""
-    rewrite = [c.rewrite for c in cases]
-    para = [c.paraphrase for c in cases]
-    nbr = [c.neighbour for c in cases]
+def rewrite_scores(lm, cases, dataset: str, paraphrase: bool = False) -> torch.Tensor:
+    """Per case: efficacy on the rewrite prompt (or generalization on its paraphrase)."""
+    prompts = [c.paraphrase if paraphrase else c.rewrite for c in cases]
     new = [c.spec.target for c in cases]
     if dataset == "counterfact":
-        true = [c.true for c in cases]
-        eff, gen = prefers(lm, rewrite, new, true), prefers(lm, para, new, true)
-        nbr_score = prefers(lm, nbr, true, new)
+        return prefers(lm, prompts, new, [c.true for c in cases])
+    return token_accuracy(lm, prompts, new)
+
+
+def snapshot_scores(lm, cases, dataset: str) -> dict:
+    """Scores of every case, plus the raw top-1 of neighbour prompts for locality."""
+    nbr = [c.neighbour for c in cases]
+    new = [c.spec.target for c in cases]
+    eff = rewrite_scores(lm, cases, dataset)
+    gen = rewrite_scores(lm, cases, dataset, paraphrase=True)
+    if dataset == "counterfact":
+        nbr_score = prefers(lm, nbr, [c.true for c in cases], new)
     else:
-        eff, gen = token_accuracy(lm, rewrite, new), token_accuracy(lm, para, new)
         nbr_score = token_accuracy(lm, nbr, [c.neighbour_answer for c in cases])
     return {"efficacy": float(eff.mean()), "generalization": float(gen.mean()),
             "neighborhood_score": float(nbr_score.mean()),
