@@ -40,7 +40,7 @@ def relative_norms(project, manifests: dict[str, Manifest]
 
     store = SnapshotStore(project.kbsync_dir)
     known = dict(manifests)
-    lineages = {sid: _lineage(sid, known, store) for sid in manifests}
+    lineages = {sid: [i for i, _ in store.lineage(sid, known)] for sid in manifests}
     objects = ObjectStore(project.kbsync_dir)
     patches: dict[str, WeightPatch] = {}
     for manifest in known.values():
@@ -138,21 +138,6 @@ def _patch(tensors: dict[str, "torch.Tensor"]) -> "WeightPatch":
         return WeightPatch.empty()
     return WeightPatch({l: (u.float(), v.float()) for l, (u, v) in patch.factors.items()}, {},
                        {l: d.float() for l, d in patch.dense.items()})
-
-
-def _lineage(sid: str, known: dict[str, Manifest], store: SnapshotStore) -> list[str]:
-    """Snapshot ids from the root to `sid` along effective parents: SnapshotStore.chain
-    with ids, reading each manifest once (`known` caches them)."""
-    path: list[str] = []
-    current: str | None = sid
-    while current is not None:
-        if current in path:
-            raise IntegrityError(f"snapshot {current} is its own ancestor")
-        if current not in known:
-            known[current] = store.read(current)
-        path.append(current)
-        current = known[current].effective_parent
-    return path[::-1]
 
 
 def _norm(w: "torch.Tensor") -> float:

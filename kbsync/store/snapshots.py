@@ -154,7 +154,13 @@ class SnapshotStore:
     # -- lineage -------------------------------------------------------------------------
     def chain(self, snapshot_id: str) -> list[Manifest]:
         """Manifests from the root to `snapshot_id` along effective parents (model lineage)."""
-        return [m for _, m in self._walk(snapshot_id, lambda m: m.effective_parent)]
+        return [m for _, m in self.lineage(snapshot_id)]
+
+    def lineage(self, snapshot_id: str, known: dict[str, Manifest] | None = None
+                ) -> list[tuple[str, Manifest]]:
+        """chain with ids; `known` (id -> manifest) is read first and filled, so walking
+        many snapshots' lineages reads each manifest once."""
+        return self._walk(snapshot_id, lambda m: m.effective_parent, known)
 
     def history(self, snapshot_id: str) -> list[tuple[str, Manifest]]:
         """(id, manifest) from the root to `snapshot_id` along `parent` links (what HEAD was)."""
@@ -248,7 +254,10 @@ class SnapshotStore:
             raise KbsyncError(f"not a full snapshot id: {snapshot_id!r}")
         return self.dir / f"{snapshot_id}.json"
 
-    def _walk(self, snapshot_id: str, up: Callable[[Manifest], str | None]) -> list[tuple[str, Manifest]]:
+    def _walk(self, snapshot_id: str, up: Callable[[Manifest], str | None],
+              known: dict[str, Manifest] | None = None) -> list[tuple[str, Manifest]]:
+        """(id, manifest) from the root to snapshot_id; `known` caches manifests across walks."""
+        known = {} if known is None else known
         path: list[tuple[str, Manifest]] = []
         seen: set[str] = set()
         current: str | None = snapshot_id
@@ -256,7 +265,9 @@ class SnapshotStore:
             if current in seen:  # impossible with content ids unless files were forged
                 raise IntegrityError(f"snapshot {current} is its own ancestor")
             seen.add(current)
-            manifest = self.read(current)
+            if current not in known:
+                known[current] = self.read(current)
+            manifest = known[current]
             path.append((current, manifest))
             current = up(manifest)
         return path[::-1]
