@@ -23,15 +23,12 @@ either way, so the edits made with either projector behave alike.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from kbsync.bench.datasets import counterfact
-from kbsync.editing.patch import restore_layers, save_layers
-from kbsync.editing.projector import nullspace_projector
+from kbsync.bench.setup import timed_statistics
 from kbsync.editing.registry import make_editor
-from kbsync.editing.stats import second_moments
 from kbsync.evaluate.drift import reference_text
 from kbsync.lm.load import load_model
 from kbsync.lm.score import target_nll
@@ -73,17 +70,16 @@ def main() -> None:
     for size in args.sizes:
         editor = make_editor("alphaedit", lm.model.config, {"stats_tokens": size})
         layers = list(editor.hp.layers)
-        start = time.perf_counter()
-        covs = second_moments(lm, layers, size)
-        seconds = time.perf_counter() - start
-        projs = {l: nullspace_projector(covs[l], editor.hp.nullspace_threshold) for l in layers}
+        seconds = timed_statistics(editor, lm)
+        covs = editor.covariances(lm)                  # the ones edit() solves with
+        projs = {l: editor.projector(l, covs[l]) for l in layers}
         patch = editor.edit(lm, specs)
         deltas = {l: patch.delta(l) for l in layers}
-        saved = save_layers(lm.model, layers)
+        saved = patch.checkpoint(lm.model)
         patch.apply(lm.model)
         nll = float(target_nll(lm, [c.rewrite for c in cases], [s.target for s in specs])[0].mean())
         edited = held_out_logprobs(lm)
-        restore_layers(lm.model, saved)
+        patch.restore(lm.model, saved)
         row = {"size": size, "seconds": seconds, "nll": nll, "kl_base": kl(edited, base),
                "ranks": [int(torch.trace(projs[l]).round()) for l in layers]}
         if previous is not None:

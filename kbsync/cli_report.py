@@ -1,8 +1,7 @@
 """`kbsync report`: registered on the `kbsync` group from cli.py; it calls
-kbsync.report.write_report and prints where the page is."""
+kbsync.report.build_report and prints where the page is and its summary."""
 
 from __future__ import annotations
-
 
 import click
 

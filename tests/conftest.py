@@ -69,15 +69,3 @@ def applied(applied_template, tmp_path):
     shutil.copytree(applied_template[0], root)
     return Project(root)
 
-
-@pytest.fixture(autouse=True)
-def _biography_statistics(monkeypatch):
-    """The tiny models' tokenizer is trained on the biography passages and the tests'
-    prompts are biography-like, so their covariance statistics read those passages in file
-    order (the library's sample mixes in WikiText; tests/test_stats.py checks that one).
-    With the mixed 4,000-token sample a random tiny model's unrelated prompt falls outside
-    the preserved span (AlphaEdit KL 0.15 instead of 0.025)."""
-    from kbsync.editing import stats
-
-    monkeypatch.setattr(stats, "sample_passages",
-                        lambda: stats.CORPUS.read_text().splitlines()[:-stats.DRIFT_HOLDOUT])

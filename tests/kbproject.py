@@ -204,8 +204,3 @@ def runs(project: Project) -> list[dict]:
 def latest_edit(project: Project, fact_key: str) -> dict:
     with Ledger(project.kbsync_dir / "ledger.db") as ledger:
         return ledger.edits_for(fact_key)[-1]
-
-
-def first_phrase(text: str) -> str:
-    from kbsync.lm.score import first_phrase as phrase
-    return phrase(text)

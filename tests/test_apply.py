@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbproject import (FACTS, GATES, NEW, answer, applied_objects, cli, cli_env, first_phrase,
+from kbproject import (FACTS, GATES, NEW, answer, applied_objects, cli, cli_env,
                        head, json_lines, key, latest_edit, make_project, prompt,
                        register_broken, runs, write_config, write_facts)
 from kbsync.apply import apply
 from kbsync.errors import GateFailed
 from kbsync.facts.schema import KnowledgeBase
 from kbsync.history import audit_verify, export, log, rollback
-from kbsync.lm.score import answers_match
+from kbsync.lm.score import answers_match, first_phrase
 from kbsync.project import Project, compute_plan
 from kbsync.store.ledger import Ledger
 from kbsync.store.objects import ObjectStore

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from kbsync.bench.datasets import DATASETS
 from kbsync.bench.setup import load_bench_model, timed_statistics
 from kbsync.editing.base import LocateThenEdit
+from kbsync.editing.patch import save_layers
 from kbsync.editing.registry import make_editor
 from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
 from kbsync.lm import arch
@@ -66,7 +67,7 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
     ppl_before = perplexity(lm, reference)
     stats_seconds = timed_statistics(ed, lm)
     layers = ed.hp.layers if isinstance(ed, LocateThenEdit) else []    # side memories: none
-    originals = {l: arch.weight_of(lm.model, l).detach().clone() for l in layers}
+    originals = save_layers(lm.model, layers)
 
     t0, traced, edit_seconds = time.perf_counter(), [], 0.0
     for start in tqdm(range(0, len(cases), batch), desc=f"{editor} edits", unit="batch",

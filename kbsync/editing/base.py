@@ -21,6 +21,7 @@ from kbsync.editing.clock import PhaseClock
 from kbsync.editing.contexts import context_templates
 from kbsync.editing.hparams import HParams
 from kbsync.editing.keys import keys_and_outputs
+from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch, restore_layers, save_layers
 from kbsync.editing.request import EditSpec
 from kbsync.editing.stats import second_moments
@@ -55,8 +56,7 @@ class LocateThenEdit:
         """keys (d_in, n), resid (d_out, n), cov (d_in, d_in), all float64 -> (U, V)."""
         raise NotImplementedError
 
-    def state_update(self, lm, specs, contexts, keys: dict[int, torch.Tensor]
-                     ) -> dict[str, torch.Tensor]:
+    def state_update(self, keys: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the patch carries for the editor's memory; `keys` are the batch's keys per
         edited layer (n, d_in) as the solves used them."""
         return {}
@@ -64,7 +64,7 @@ class LocateThenEdit:
     def remember(self, patch: WeightPatch) -> None:
         """Fold an accepted patch's own state entries into the memory (default: add)."""
         for key, value in patch.state_update.items():
-            self.state[key] = self.state[key] + value if key in self.state else value.clone()
+            accumulate(self.state, key, value.clone())
 
     def solve_flops(self, d_in: int, n: int) -> float:
         """float64 FLOPs of one layer's solve (for `bench speed`'s floor): forming λC + KKᵀ,
@@ -75,7 +75,8 @@ class LocateThenEdit:
     def covariances(self, lm) -> dict[int, torch.Tensor]:
         """C per edited layer, read once per model (not once per batch)."""
         if self._covs_of != lm.fingerprint:
-            self._covs = second_moments(lm, list(self.hp.layers), self.hp.stats_tokens)
+            self._covs = second_moments(lm, list(self.hp.layers), self.hp.stats_tokens,
+                                        self.hp.stats_corpus)
             self._covs_of = lm.fingerprint
         return self._covs
 
@@ -115,7 +116,7 @@ class LocateThenEdit:
                     raise EditorError(f"{self.name}: non-finite update at layer {layer}")
                 step.apply(lm.model)
                 patch.merge(step)
-            patch.state_update.update(self.state_update(lm, specs, contexts, batch_keys))
+            patch.state_update.update(self.state_update(batch_keys))
         finally:   # bit for bit: W + Δ - Δ is only W up to rounding
             restore_layers(lm.model, originals)
         return patch

@@ -31,6 +31,7 @@ class HParams:
     contexts: int = 5                 # generated context prefixes (plus the bare prompt)
     context_length: int = 10
     stats_tokens: int = 200_000
+    stats_corpus: str = "mixed"       # the statistics' text: see editing/stats.py
     mom2_weight: float = 15000.0      # MEMIT's λ on C
     nullspace_threshold: float = 0.02 # AlphaEdit, relative to C's largest eigenvalue
     l2: float = 10.0                  # AlphaEdit's α

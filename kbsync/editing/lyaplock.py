@@ -38,6 +38,7 @@ import torch
 from kbsync.editing.alphaedit import AlphaEdit
 from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.memit import MEMIT
+from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch
 
 PREFIX = "lyap."      # this editor's own state entries
@@ -136,11 +137,11 @@ class LyapLock(LocateThenEdit):
             return self.inner.solve_flops(d_in, n) + trace
         return super().solve_flops(d_in, d_out) + 2 * trace          # d_out right-hand sides
 
-    def state_update(self, lm, specs, contexts, keys) -> dict[str, torch.Tensor]:
+    def state_update(self, keys) -> dict[str, torch.Tensor]:
         out = {}
         if self.inner is not None:
             out = {INNER + k: t
-                   for k, t in self.inner.state_update(lm, specs, contexts, keys).items()}
+                   for k, t in self.inner.state_update(keys).items()}
         for layer, entries in self._pending.items():
             out.update({f"{PREFIX}{what}.{layer}": t for what, t in entries.items()})
         return out
@@ -150,11 +151,8 @@ class LyapLock(LocateThenEdit):
         if self.inner is not None:
             rest = {k[len(INNER):]: t for k, t in patch.state_update.items() if k.startswith(INNER)}
             self.inner.accept(WeightPatch(patch.factors, rest))
-        deltas = {l: u.double() @ v.double().T for l, (u, v) in patch.factors.items()}
-        for layer, dense in patch.dense.items():                     # patches with a dense part
-            deltas[layer] = deltas[layer] + dense.double() if layer in deltas else dense.double()
-        for layer, delta in deltas.items():
-            self._fold(f"drift.{layer}", delta)
+        for layer in patch.layers:
+            self._fold(f"drift.{layer}", patch.delta(layer, dtype=torch.float64))
         for name, t in own.items():
             what, layer = name.split(".")
             if what in ("queue", "d_base"):
@@ -165,8 +163,7 @@ class LyapLock(LocateThenEdit):
                 self._fold(f"past_ukt.{layer}", own[f"values.{layer}"].double().T @ k)
 
     def _fold(self, what: str, t: torch.Tensor) -> None:
-        key = PREFIX + what
-        self.state[key] = self.state[key] + t if key in self.state else t
+        accumulate(self.state, PREFIX + what, t)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         inner = self.inner.state_dict() if self.inner is not None else {}

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 
 
+def accumulate(state: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    """state[key] += value, starting from value: how every editor folds a patch's state."""
+    state[key] = state[key] + value if key in state else value
+
 
 class KeyMemory:
     """Mixin for a LocateThenEdit editor: state `past_kkt.<layer>` (d_in, d_in) float64."""
@@ -22,12 +26,11 @@ class KeyMemory:
         past = self.state.get(f"past_kkt.{layer}")
         return past.to(like) if past is not None else 0
 
-    def state_update(self, lm, specs, contexts, keys) -> dict[str, torch.Tensor]:
+    def state_update(self, keys) -> dict[str, torch.Tensor]:
         return {f"keys.{l}": k.float() for l, k in keys.items()}
 
     def remember(self, patch) -> None:
         for name, k in patch.state_update.items():
             layer = name.split(".")[1]
             kkt = k.T.double() @ k.double()                            # (d_in, d_in)
-            key = f"past_kkt.{layer}"
-            self.state[key] = self.state[key] + kkt if key in self.state else kkt
+            accumulate(self.state, f"past_kkt.{layer}", kkt)

@@ -28,14 +28,15 @@ class WeightPatch:
         """Every layer the patch changes (factors, dense or both)."""
         return sorted(set(self.factors) | set(self.dense))
 
-    def delta(self, layer: int, device=None) -> torch.Tensor:
-        """U Vᵀ + D of a layer, formed on `device` (default: where the factors are)."""
+    def delta(self, layer: int, device=None, dtype=None) -> torch.Tensor:
+        """U Vᵀ + D of a layer, formed on `device` (default: where the factors are) in
+        `dtype` (default: theirs)."""
         parts = []
         if layer in self.factors:
-            u, v = (t.to(device) for t in self.factors[layer])
+            u, v = (t.to(device=device, dtype=dtype) for t in self.factors[layer])
             parts.append(u @ v.T)                          # (d_out, d_in)
         if layer in self.dense:
-            parts.append(self.dense[layer].to(device))
+            parts.append(self.dense[layer].to(device=device, dtype=dtype))
         if not parts:
             raise KeyError(layer)
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch
 from kbsync.editing.registry import REGULARIZERS
 from kbsync.errors import EditorError
@@ -130,8 +131,7 @@ def fold(state: dict[str, torch.Tensor], patch: WeightPatch) -> WeightPatch:
         _, layer, which = name.split(".")
         if which == "U":
             d = (t.double() @ own[f"prune.{layer}.V"].double().T).float()
-            key = f"prune.raw.{layer}"
-            state[key] = state[key] + d if key in state else d
+            accumulate(state, f"prune.raw.{layer}", d)
         elif which == "sigma0":
             state.setdefault(f"prune.sigma0.{layer}", t.clone())
     rest = {k: t for k, t in patch.state_update.items() if k not in own}

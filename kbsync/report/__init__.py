@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["write_report", "default_report_dir"]
+__all__ = ["build_report", "write_report", "default_report_dir"]
 
 
 def default_report_dir(project) -> Path:

@@ -25,6 +25,7 @@ class SideMemory:
         self.layer = layer
         self.tensors: dict[str, torch.Tensor] = dict(tensors or {})
         self.enabled = True
+        self.device = None           # the edited layer's, once installed
         self._handle = None
         self.refresh()
 
@@ -37,16 +38,12 @@ class SideMemory:
 
     # -- the hook ------------------------------------------------------------------------
     def install(self, model) -> None:
+        self.device = arch.weight_of(model, self.layer).device
+        self.tensors = {name: self._here(t) for name, t in self.tensors.items()}
         module = arch.mlp_out(model, self.layer)
         self._handle = module.register_forward_hook(self._hook)
         registry = model.__dict__.setdefault("_kbsync_side", {})
         registry[(self.kind, self.layer)] = self
-
-    def remove(self, model) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        model.__dict__.get("_kbsync_side", {}).pop((self.kind, self.layer), None)
 
     def _hook(self, _module, inputs, output):
         if not self.enabled or not self.tensors:
@@ -63,7 +60,7 @@ class SideMemory:
             op, name = key.split(".", 1)
             if op == "index":
                 continue
-            current = self.tensors.get(name)
+            current, value = self.tensors.get(name), self._here(value)
             if op == "append":
                 self.tensors[name] = value.clone() if current is None else torch.cat([current, value.to(current)])
             elif op == "set":
@@ -80,8 +77,12 @@ class SideMemory:
         return dict(self.tensors)
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
-        self.tensors = dict(saved)
+        self.tensors = {name: self._here(t) for name, t in saved.items()}
         self.refresh()
+
+    def _here(self, t: torch.Tensor) -> torch.Tensor:
+        """On the edited layer's device: updates and stored tensors arrive on the CPU."""
+        return t if self.device is None else t.to(self.device)
 
     @property
     def nbytes(self) -> int:
@@ -125,6 +126,5 @@ def attach_memory_tensors(model, flat: dict[str, torch.Tensor]) -> None:
     for (kind, layer), tensors in grouped.items():
         if kind not in kinds:
             raise ValueError(f"unknown side-memory kind {kind!r} (known: {', '.join(kinds)})")
-        device = arch.weight_of(model, layer).device
-        memory_for(model, kind, layer).restore({k: v.to(device) for k, v in tensors.items()})
+        memory_for(model, kind, layer).restore(tensors)
 

@@ -52,10 +52,6 @@ class Rows:
         """(edit rows, d_in): the memory layer's input at each edit row's key token."""
         return self.x[: self.n_edit_rows, 0]
 
-    def bare(self, per_row: torch.Tensor) -> torch.Tensor:
-        """The entries of each request's bare-prompt row (context "{}" comes first)."""
-        return per_row[:: self.n_contexts][: self.n_specs]
-
     def run(self, side) -> torch.Tensor:
         """Final hidden states of the suffix with out := side(x, out) at the memory layer."""
         def hook(_module, _inputs, output):

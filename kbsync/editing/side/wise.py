@@ -25,6 +25,7 @@ values (ρ·d_out·d_in floats), the batch's keys and, when a shard closes, the 
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -168,5 +169,7 @@ class WISE(SideEditor):
         return update
 
 
-def unrelated_texts() -> list[str]:
-    return [line.strip() for line in UNRELATED.read_text().splitlines() if line.strip()]
+@cache
+def unrelated_texts() -> tuple[str, ...]:
+    """The shipped general-text set, read once per process (it is sampled every batch)."""
+    return tuple(line.strip() for line in UNRELATED.read_text().splitlines() if line.strip())
