@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from kbsync.editing.rebuild import KeptModel, load_at
 from kbsync.editing.request import EditSpec
 from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
@@ -76,37 +77,48 @@ class RunAbandoned(KbsyncError):
 def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
           emit: Emit = lambda event: None, confirm: Callable[[Plan], bool] | None = None,
           command: str = "apply", refresh: bool = False,
-          stop: Callable[[], bool] | None = None) -> ApplyResult:
+          stop: Callable[[], bool] | None = None, kept: KeptModel | None = None) -> ApplyResult:
     """`refresh`: also plan drift edits (kbsync.sync.refresh), probing the model the run
-    then edits. `stop`: polled before each batch; true ends the run (RunAbandoned)."""
-    from kbsync.project import compute_plan
-
+    then edits. `stop`: polled before each batch; true ends the run (RunAbandoned).
+    `kept`: a model kept from an earlier run in this process, used if it is HEAD's, and
+    given the model this run leaves at its HEAD when it ends without an error."""
     with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation=command):
         ledger = project.ledger()
         try:
             recover(project, ledger, emit)
-            loaded = None
-            if plan is None:
-                if refresh:
-                    from kbsync.editing.rebuild import load_at
-                    loaded = load_at(project, SnapshotStore(project.kbsync_dir).head())
-                plan = compute_plan(project, refresh=refresh, lm=loaded[0] if loaded else None,
-                                    progress=lambda done, total: emit(
-                                        {"type": "progress", "phase": "refresh",
-                                         "done": done, "total": total}))
-            else:
-                check_fresh(plan, project)
-            if plan.refresh is not None:
-                emit({"type": "refresh", **plan.refresh})
-            emit({"type": "plan", **plan.summary()})
-            if not plan.has_changes:
-                return ApplyResult(None, plan.base_snapshot)
-            if confirm is not None and not confirm(plan):
-                raise KbsyncError("apply cancelled")
-            return Scheduler(project, plan, ledger, emit, command, stop=stop,
-                             loaded=loaded).run()
+            head = SnapshotStore(project.kbsync_dir).head()
+            loaded = kept.take(project, head) if kept else None
+            result, lm_editor = _plan_and_run(project, plan, ledger, emit, confirm, command,
+                                              refresh, stop, loaded)
+            if kept and lm_editor:
+                kept.keep(project, result.snapshot, *lm_editor)
+            return result
         finally:
             ledger.close()
+
+
+def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, loaded):
+    """(result, the (lm, editor) now at result.snapshot, or None if none was loaded)."""
+    from kbsync.project import compute_plan
+
+    if plan is None:
+        if refresh and loaded is None:
+            loaded = load_at(project, SnapshotStore(project.kbsync_dir).head())
+        plan = compute_plan(project, refresh=refresh, lm=loaded[0] if refresh else None,
+                            progress=lambda done, total: emit(
+                                {"type": "progress", "phase": "refresh",
+                                 "done": done, "total": total}))
+    else:
+        check_fresh(plan, project)
+    if plan.refresh is not None:
+        emit({"type": "refresh", **plan.refresh})
+    emit({"type": "plan", **plan.summary()})
+    if not plan.has_changes:
+        return ApplyResult(None, plan.base_snapshot), loaded
+    if confirm is not None and not confirm(plan):
+        raise KbsyncError("apply cancelled")
+    scheduler = Scheduler(project, plan, ledger, emit, command, stop=stop, loaded=loaded)
+    return scheduler.run(), (scheduler.lm, scheduler.editor)
 
 
 class Scheduler:
@@ -131,8 +143,6 @@ class Scheduler:
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
-        from kbsync.editing.rebuild import load_at
-
         self.lm, self.editor = self.loaded or load_at(self.project, self.head)
         if self.stop():
             raise RunAbandoned(None)                 # nothing started, nothing to record
@@ -190,7 +200,6 @@ class Scheduler:
                               snapshot=self.result.snapshot)
 
     def _measure_base_perplexity(self) -> float:
-        from kbsync.editing.rebuild import load_at
         from kbsync.lm.score import perplexity
 
         if self.head is None:          # the model in hand is the base model

@@ -16,6 +16,15 @@ def _print_table(result: dict) -> None:
         click.echo(f"{key:<32} {value:.4g}" if isinstance(value, float) else f"{key:<32} {value}")
 
 
+def _progress_line(record: dict) -> None:
+    """One line per batch on stderr where no progress bar is drawn (logs of long runs)."""
+    if click.get_text_stream("stderr").isatty():
+        return
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
+             if k != "type" and isinstance(v, (int, float))}
+    click.echo(json.dumps(shown), err=True)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks: edit quality on real data, and speed against the machine's floor."""
@@ -40,7 +49,7 @@ def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, t
     from kbsync.bench.quality import run_quality
 
     result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
-                         hparams=json.loads(hparams), trace=trace)
+                         hparams=json.loads(hparams), trace=trace, on_batch=_progress_line)
     if as_json:
         echo_json(result)
         return

@@ -204,3 +204,28 @@ def runs(project: Project) -> list[dict]:
 def latest_edit(project: Project, fact_key: str) -> dict:
     with Ledger(project.kbsync_dir / "ledger.db") as ledger:
         return ledger.edits_for(fact_key)[-1]
+
+
+def assert_kept_model_is_head(project: Project) -> None:
+    """Two applies through one KeptModel (as `kbsync watch` runs them) leave in memory
+    exactly the weights, side memory and editor state that load_at(HEAD) rebuilds."""
+    import torch
+
+    from kbsync.apply import apply
+    from kbsync.editing.rebuild import KeptModel, load_at
+    from kbsync.editing.side.memory import memory_tensors
+
+    kept = KeptModel()
+    write_facts(project.root, dict(list(FACTS.items())[:2]))
+    assert apply(project, kept=kept).applied
+    write_facts(project.root, FACTS)
+    assert apply(project, kept=kept).applied
+    lm, editor = kept.take(project, head(project))
+    fresh, fresh_editor = load_at(project, head(project))
+    pairs = [(lm.model.state_dict(), fresh.model.state_dict()),
+             (memory_tensors(lm.model), memory_tensors(fresh.model)),
+             (editor.state_dict(), fresh_editor.state_dict())]
+    for ours, theirs in pairs:
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), \
+            [k for k in ours if not torch.equal(ours[k], theirs[k])]

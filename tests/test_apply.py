@@ -18,7 +18,8 @@ import torch
 
 from kbproject import (FACTS, GATES, NEW, answer, applied_objects, cli, cli_env,
                        head, json_lines, key, latest_edit, make_project, prompt,
-                       register_broken, runs, write_config, write_facts)
+                       register_broken, runs, write_config, write_facts,
+                       assert_kept_model_is_head)
 from kbsync.apply import apply
 from kbsync.errors import GateFailed
 from kbsync.facts.schema import KnowledgeBase
@@ -248,3 +249,10 @@ def test_broken_edit_fails_the_meaningful_gates(applied, monkeypatch, scale, fai
     assert failing <= failed, edit["metrics"]
     for s, o in FACTS.items():                          # nothing committed: old answers
         assert answers_match(answer(applied, s), o)
+
+
+
+def test_a_kept_model_is_the_model_a_fresh_rebuild_of_head_gives(tmp_path, tiny_llama_dir):
+    """Two applies through one KeptModel, as `kbsync watch` runs them: what stays in
+    memory is exactly what load_at(HEAD) rebuilds (weights and editor state)."""
+    assert_kept_model_is_head(make_project(tmp_path / "proj", tiny_llama_dir, editor="alphaedit"))

@@ -6,7 +6,8 @@ memory round-trips through a snapshot, rollback, a new process and export."""
 import pytest
 import torch
 
-from kbproject import FACTS, answer, applied_objects, head, key, make_project, prompt
+from kbproject import (FACTS, answer, applied_objects, assert_kept_model_is_head, head, key,
+                       make_project, prompt)
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
 from kbsync.editing.side.memory import attached
@@ -176,3 +177,9 @@ def test_memory_round_trips_snapshot_rollback_and_export(editor, tmp_path, tiny_
         assert answer(project, subject).strip().startswith(FACTS[subject]), subject
     for subject in set(FACTS) - kept:
         assert not answer(project, subject).strip().startswith(FACTS[subject]), subject
+
+
+@pytest.mark.parametrize("editor", SIDE)
+def test_a_kept_side_memory_is_the_memory_a_fresh_rebuild_gives(tmp_path, tiny_llama_dir,
+                                                               kb_cache, monkeypatch, editor):
+    assert_kept_model_is_head(_project(tmp_path, tiny_llama_dir, kb_cache, monkeypatch, editor))

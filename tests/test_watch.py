@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from watchdog.events import (DirModifiedEvent, FileClosedEvent, FileClosedNoWriteEvent,
                              FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
                              FileMovedEvent, FileOpenedEvent)
@@ -135,6 +136,37 @@ def test_burst_of_ten_writes_gives_one_cycle_with_the_last_content(watcher):
     assert applied_objects(project)[key("Rhine")] == NEW
     assert watcher.cycles_within(4 * DEBOUNCE) == []           # and no second cycle
     assert len(runs(project)) == 2                             # the fixture's and this one
+
+
+def test_the_model_is_loaded_once_for_many_cycles_and_again_after_a_config_change(
+        applied, monkeypatch):
+    import kbsync.apply as apply_module
+
+    loads = []
+    real = apply_module.load_at
+
+    def counted(project, snapshot, **kw):
+        loads.append(snapshot) if kw.get("with_editor", True) else None
+        return real(project, snapshot, **kw)
+    monkeypatch.setattr(apply_module, "load_at", counted)
+    config = applied.root / "kbsync.yaml"       # gates that pass: this test is about loads
+    settings = yaml.safe_load(config.read_text())
+    settings["gates"].update(efficacy_min=0, locality_min=0, kl_max=1e9, retention_min=0,
+                             ppl_drift_max=1e9)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    w = Watcher(applied)
+    try:
+        changed = dict(FACTS)
+        for subject in ("Danube", "Volga"):
+            changed[subject] = NEW
+            write_facts(applied.root, changed)
+            assert (w.next()["outcome"], len(loads)) == ("applied", 1)
+        config.write_text(config.read_text().replace("seed: 0", "seed: 1"))
+        write_facts(applied.root, {**changed, "Rhine": NEW})
+        assert (w.next()["outcome"], len(loads)) == ("applied", 2)
+    finally:
+        w.close()
+    assert applied_objects(applied)[key("Rhine")] == NEW and audit_verify(applied) == []
 
 
 def test_unchanged_content_removal_and_recreation_start_nothing(watcher):

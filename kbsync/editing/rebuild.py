@@ -34,3 +34,34 @@ def load_at(project, snapshot_id: str | None, *, with_editor: bool = True):
         if editor is not None and manifest.editor == editor.name:
             editor.accept(patch)
     return lm, editor
+
+
+class KeptModel:
+    """The (lm, editor) of one snapshot, kept by a long-running process between runs:
+    `kbsync watch` loads the model once, not once per cycle (an 8B model takes a minute).
+
+    Valid only while HEAD is the snapshot it holds and the config it was loaded under is
+    unchanged (kbsync.yaml edited during a watch: the next cycle loads afresh). A run that
+    fails part-way leaves the model in an unknown state, so the caller drops it (`clear`).
+    The base model's files are read once: replacing them needs a restart."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._pair: tuple | None = None
+
+    @staticmethod
+    def _key_of(project, snapshot_id: str | None) -> tuple:
+        return snapshot_id, project.config.model_dump_json()
+
+    def take(self, project, snapshot_id: str | None) -> tuple | None:
+        """The kept (lm, editor) if it is this snapshot's under this config, else None;
+        either way it is no longer kept (`keep` it again after a run that succeeded)."""
+        pair, key = self._pair, self._key
+        self.clear()
+        return pair if pair is not None and key == self._key_of(project, snapshot_id) else None
+
+    def keep(self, project, snapshot_id: str | None, lm, editor) -> None:
+        self._key, self._pair = self._key_of(project, snapshot_id), (lm, editor)
+
+    def clear(self) -> None:
+        self._key = self._pair = None

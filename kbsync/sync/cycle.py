@@ -25,10 +25,12 @@ Emit = Callable[[dict], None]
 
 
 def run_cycle(root: Path, number: int, trigger: str, *, stop: Callable[[], bool],
-              lock_timeout: float = 0.0, emit: Emit = lambda event: None) -> dict[str, Any]:
+              lock_timeout: float = 0.0, emit: Emit = lambda event: None,
+              kept=None) -> dict[str, Any]:
     """Run one cycle on the project at `root` and return its event. The project (and its
     kbsync.yaml) is read afresh, so a config edited during the watch takes effect.
-    `emit` receives apply's own events (batches, gates, commits)."""
+    `emit` receives apply's own events (batches, gates, commits). `kept`: the watch's
+    KeptModel, so the model is loaded once, not once per cycle."""
     from kbsync.apply import RunAbandoned, apply
     from kbsync.project import STORE_DIR, Project
     from kbsync.store.snapshots import SnapshotStore
@@ -45,7 +47,7 @@ def run_cycle(root: Path, number: int, trigger: str, *, stop: Callable[[], bool]
 
     try:
         result = apply(Project(root), lock_timeout=lock_timeout, emit=relay, command="watch",
-                       stop=stop)
+                       stop=stop, kept=kept)
         event.update(outcome="applied" if result.run_id else "no_changes",
                      run_id=result.run_id, applied=len(result.applied),
                      known=len(result.known), skipped=len(result.skipped),

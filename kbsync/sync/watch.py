@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from kbsync.editing.rebuild import KeptModel
 from kbsync.errors import FactsError
 from kbsync.sync.changes import ChangeHandler, Debouncer, FactsTarget, facts_digest
 from kbsync.sync.cycle import run_cycle
@@ -128,6 +129,7 @@ def watch(project, *, debounce: float = 1.0, polling: bool = False, poll_interva
                          hint="create it, or point `facts:` in kbsync.yaml at your facts")
     debouncer = Debouncer(debounce)
     handler = ChangeHandler(target, debouncer)
+    kept = KeptModel()             # the model, loaded by the first cycle that edits
     cycles = 0
     with stop_on_signals(stop):
         observer, kind, fallback = start_observer(handler, target, polling=polling,
@@ -140,7 +142,7 @@ def watch(project, *, debounce: float = 1.0, polling: bool = False, poll_interva
                 nonlocal cycles
                 cycles += 1
                 event = run_cycle(project.root, cycles, trigger, stop=stop.is_set,
-                                  lock_timeout=lock_timeout, emit=inner_emit)
+                                  lock_timeout=lock_timeout, emit=inner_emit, kept=kept)
                 emit(event)
                 return event
 
