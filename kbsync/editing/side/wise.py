@@ -118,6 +118,10 @@ class WISE(SideEditor):
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
                 layer_inputs(lm, [s.text for s in specs], self.layer, but_last=True)])
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
+        key_only = bool(x.get("key_only", False))
+        if key_only:
+            answer = rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]
+            other = torch.cat([other, answer])
         key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
         key_tok[:n_edit, 0] = True
         old_low = float("inf") if first else float(t["min_score"])
@@ -137,12 +141,26 @@ class WISE(SideEditor):
             with torch.no_grad():
                 eps = x["act_ratio"] * min(old_low, float(key.min()))
                 use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
+                if key_only:
+                    use = key_tok
             return out + s * use
+
+        cov = None
+        if x.get("general_rms", False):
+            from kbsync.editing.stats import second_moments
+            cov = second_moments(lm, [self.layer], self.hp.stats_tokens,
+                                 self.hp.stats_corpus)[self.layer].float().to(device)
 
         def margins():
             key, unrelated = step["key"], (other @ step["delta"].T).norm(dim=-1)
-            return (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
+            out = (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
                     + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
+            if cov is not None:
+                d = step["delta"]
+                rms = ((d @ cov) * d).sum().clamp_min(1e-12).sqrt()
+                step["rms"] = float(rms.detach())
+                out = out + torch.relu(rms - x["alpha"])
+            return out
 
         old_keys = t.get("keys")
         penalty = None
