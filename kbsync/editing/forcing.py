@@ -34,6 +34,16 @@ class Forcing:
             0, self.row, tok_nll) / self.count
         return row_nll, logp.argmax(-1) == self.ids
 
+    def per_request(self, hidden: torch.Tensor, unembed, owner: torch.Tensor, n_requests: int,
+                    n_contexts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean target NLL per request over its rows (n_requests,), whether every target
+        token of every row of the request is top-1); owner (n_rows,): each row's request."""
+        row_nll, top1 = self.score(hidden, unembed)
+        owner = owner[: self.n_rows].to(row_nll.device)
+        nll = torch.zeros(n_requests, device=row_nll.device).index_add(0, owner, row_nll)
+        row_ok = all_per_row(top1, self.row, self.n_rows)
+        return nll / n_contexts, all_per_row(row_ok, owner, n_requests)
+
 
 def all_per_row(flags: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
     """For each row, whether every flag that belongs to it is True."""

@@ -39,15 +39,12 @@ in milliseconds."""
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 
 import torch
 
 from kbsync.editing.alphaedit import AlphaEdit
 from kbsync.editing.contexts import context_templates
-from kbsync.editing.hooks import capture_block_output, capture_mlp_inputs, run
-from kbsync.editing.keys import CHUNK
-from kbsync.editing.tokens import encode, render
+from kbsync.editing.keys import states_at
 from kbsync.errors import EditorError
 from kbsync.lm import arch
 
@@ -119,31 +116,18 @@ def neuron_scores(lm, specs, contexts: list[str], layers: list[int],
     top = arch.num_layers(model) - 1
     norm = arch.get_module(model, family.final_norm)
     head = model.get_output_embeddings()                               # (V, d), GPT-J: + bias
-    rendered = [render(ctx, spec.prompt, spec.subject) for spec in specs for ctx in contexts]
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for start in range(0, len(rendered), CHUNK):
-        chunk = rendered[start:start + CHUNK]
-        batch = encode(lm.tokenizer, [t for t, _ in chunk], [s for _, s in chunk]).to(lm.device)
-        rows, pos = torch.arange(len(chunk), device=lm.device), batch.last_pos
-        inputs: dict = {}
-        outputs: dict = {}
-        with torch.no_grad(), capture_mlp_inputs(model, layers, inputs), ExitStack() as stack:
-            for layer in sorted(set(layers) | {top}):
-                stack.enter_context(capture_block_output(model, layer, outputs))
-            run(model, batch, stop_after=top)
-
-        def at(states):   # under a device map each layer's states sit on its own GPU
-            return states[rows.to(states.device), pos.to(states.device)]
-
+    for inputs, outputs in states_at(lm, specs, contexts, layers, sorted(set(layers) | {top}),
+                                     position="last_pos"):
         with torch.no_grad():
             dev = head.weight.device
-            final = at(outputs[top]).to(dev).float()            # the final norm's input
+            final = outputs[top].to(dev).float()                # the final norm's input
             lens = _Lens(norm, head, final)
             target = lens(final).argmax(-1)                     # the model's own top-1
             for layer in layers:
-                acts = at(inputs[layer])                                       # (P, D)
+                acts = inputs[layer]                                           # (P, D)
                 ffn = arch.mlp_out(model, layer)(acts)                         # (P, d)
-                resid = (at(outputs[layer]) - ffn).to(dev).float()
+                resid = (outputs[layer] - ffn).to(dev).float()
                 weight = arch.weight_of(model, layer).to(dev).float()          # (d, D)
                 out[layer].append(_scores(lens, resid, acts.to(dev).float() * amplify,
                                           weight, target))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbsync.editing.forcing import Forcing, all_per_row
+from kbsync.editing.forcing import Forcing
 from kbsync.editing.hooks import capture_block_output, shift_block_output
 from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
@@ -95,15 +95,12 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     for step in range(1, p.steps + 1):
         with shift_block_output(model, p.z_layer, rows, batch.subject_pos, lambda: delta[owner]):
             hidden = run_suffix().to(device)      # the last block's device under a device map
-        row_nll, top1 = forcing.score(hidden, unembed)
-        nll_req = torch.zeros(n, device=device).index_add(0, owner[:n_rw], row_nll) / len(contexts)
+        nll_req, req_ok = forcing.per_request(hidden, unembed, owner, n, len(contexts))
         kl_cur = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
         kl = (kl_cur.exp() * (kl_cur - kl_init)).sum(-1)
         decay = delta.norm(dim=1) / h_norm ** 2
         loss = nll_req + p.kl_factor * kl + p.weight_decay * decay
 
-        row_ok = all_per_row(top1, forcing.row, n_rw)
-        req_ok = all_per_row(row_ok, owner[:n_rw], n)
         streak = torch.where(req_ok, streak + 1, torch.zeros_like(streak))
         finished = loss.detach() < p.min_loss
         if p.early_stop:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from kbsync.editing.forcing import Forcing, all_per_row
+from kbsync.editing.forcing import Forcing
 from kbsync.editing.hooks import capture_mlp_inputs, run
 from kbsync.editing.prefix import PrefixRunner, SplitBatch, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
@@ -65,11 +65,8 @@ class Rows:
     def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-request mean target NLL, per-request "every target token is top-1 in every
         row")."""
-        row_nll, top1 = self.forcing.score(hidden, self.lm.model.get_output_embeddings())
-        owner = self.owner.to(row_nll.device)
-        nll = torch.zeros(self.n_specs, device=row_nll.device).index_add(0, owner, row_nll)
-        row_ok = all_per_row(top1, self.forcing.row, self.n_edit_rows)
-        return nll / self.n_contexts, all_per_row(row_ok, owner, self.n_specs)
+        return self.forcing.per_request(hidden, self.lm.model.get_output_embeddings(),
+                                        self.owner, self.n_specs, self.n_contexts)
 
 
 def build_rows(lm, specs: list[EditSpec], contexts: list[str], layer: int, key: str) -> Rows:
