@@ -17,7 +17,9 @@ Added by kbsync (the reference has no such term, and it is what keeps earlier ba
 edits when a batch trains the same Δ): a preservation penalty `preserve` ×
 ‖K_old (Δ − Δ_before)ᵀ‖² / ‖K_old Δ_beforeᵀ‖² on the stored key inputs of earlier edits.
 Training routes as storage will: the key token always, other tokens where their score
-exceeds the current ε.
+exceeds the current ε (`route: key`: the key token only). `general_alpha` (off by
+default) adds a margin on the RMS side output over the statistics corpus, tr(ΔCΔᵀ)^½ ≤ A:
+the 40 sampled texts alone leave general text scoring near the edits' keys (RESULTS.md).
 
 The memory holds the merge of closed shards (dense, once there is one), the open shard's
 values at its mask positions and the edits' key inputs; a patch holds the open shard's
@@ -85,6 +87,17 @@ class WiseMemory(SideMemory):
 class WISE(SideEditor):
     name = kind = "wise"
 
+    def general_moment(self, lm) -> torch.Tensor:
+        """E[x xᵀ] of the memory layer's input over the statistics corpus, float32, read
+        once per model: E‖Δx‖² = tr(Δ C Δᵀ) is the mean squared side output on general text."""
+        if getattr(self, "_moment_of", None) != lm.fingerprint:
+            from kbsync.editing.stats import second_moments
+
+            self._moment = second_moments(lm, [self.layer], self.hp.stats_tokens,
+                                          self.hp.stats_corpus)[self.layer].float()
+            self._moment_of = lm.fingerprint
+        return self._moment
+
     def update(self, lm, specs, memory):
         x, t = self.x, memory.tensors
         weight = arch.weight_of(lm.model, self.layer)
@@ -118,10 +131,9 @@ class WISE(SideEditor):
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
                 layer_inputs(lm, [s.text for s in specs], self.layer, but_last=True)])
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
-        key_only = bool(x.get("key_only", False))
-        if key_only:
-            answer = rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]
-            other = torch.cat([other, answer])
+        key_only = x.get("route") == "key"
+        if key_only:          # the edit rows' later tokens join the out-of-scope set
+            other = torch.cat([other, rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]])
         key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
         key_tok[:n_edit, 0] = True
         old_low = float("inf") if first else float(t["min_score"])
@@ -138,28 +150,24 @@ class WISE(SideEditor):
             d = step["delta"] = delta()
             key = step["key"] = (keys @ d.T).norm(dim=-1)
             s = xs @ d.T
+            if key_only:
+                return out + s * key_tok
             with torch.no_grad():
                 eps = x["act_ratio"] * min(old_low, float(key.min()))
                 use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
-                if key_only:
-                    use = key_tok
             return out + s * use
 
-        cov = None
-        if x.get("general_rms", False):
-            from kbsync.editing.stats import second_moments
-            cov = second_moments(lm, [self.layer], self.hp.stats_tokens,
-                                 self.hp.stats_corpus)[self.layer].float().to(device)
+        general_alpha = x.get("general_alpha")
+        cov = self.general_moment(lm).to(device) if general_alpha is not None else None
 
         def margins():
             key, unrelated = step["key"], (other @ step["delta"].T).norm(dim=-1)
             out = (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
-                    + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
-            if cov is not None:
+                   + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
+            if cov is not None:     # RMS side output over all of the statistics' text
                 d = step["delta"]
-                rms = ((d @ cov) * d).sum().clamp_min(1e-12).sqrt()
-                step["rms"] = float(rms.detach())
-                out = out + torch.relu(rms - x["alpha"])
+                out = out + torch.relu(((d @ cov) * d).sum().clamp_min(1e-12).sqrt()
+                                       - general_alpha)
             return out
 
         old_keys = t.get("keys")
