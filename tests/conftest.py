@@ -68,4 +68,3 @@ def applied(applied_template, tmp_path):
     root = tmp_path / "proj"
     shutil.copytree(applied_template[0], root)
     return Project(root)
-

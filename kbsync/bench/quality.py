@@ -21,6 +21,7 @@ from kbsync.editing.registry import make_editor
 from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
 from kbsync.lm import arch
 from kbsync.lm.score import perplexity
+from kbsync.report.norms import frobenius_norm
 from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
 from kbsync.editing.side.memory import attached
 from kbsync.editing.side.train import memory_off
@@ -48,7 +49,7 @@ def inference_slowdown(lm, texts: list[str], repeats: int = 3) -> float:
 def weight_growth(model, originals: dict[int, torch.Tensor]) -> dict:
     """‖W‖_F / ‖W_0‖_F per edited matrix, and how many of their entries changed."""
     now = {layer: arch.weight_of(model, layer).detach() for layer in originals}
-    return {"relative_norm": {layer: float(now[layer].double().norm() / w0.double().norm())
+    return {"relative_norm": {layer: frobenius_norm(now[layer]) / frobenius_norm(w0)
                               for layer, w0 in originals.items()},
             "params_changed": sum(int((now[layer] != w0).sum()) for layer, w0 in originals.items())}
 
@@ -69,9 +70,10 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
     layers = ed.hp.layers if isinstance(ed, LocateThenEdit) else []    # side memories: none
     originals = save_layers(lm.model, layers)
 
-    t0, traced, edit_seconds = time.perf_counter(), [], 0.0
+    traced, edit_seconds, ppl_now = [], 0.0, None
     for start in tqdm(range(0, len(cases), batch), desc=f"{editor} edits", unit="batch",
                       disable=None):
+        t0 = time.perf_counter()
         patch = ed.edit(lm, [c.spec for c in cases[start:start + batch]])
         patch.apply(lm.model)
         ed.accept(patch)
@@ -81,14 +83,14 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
         if trace:                     # measured outside the edit clock
             record["efficacy_first"] = float(rewrite_scores(lm, cases[:min(trace, done)],
                                                             dataset).mean())
-            record["ppl_drift"] = perplexity(lm, reference) / ppl_before - 1.0
+            ppl_now = perplexity(lm, reference)
+            record["ppl_drift"] = ppl_now / ppl_before - 1.0
             traced.append({k: record[k] for k in ("done", "efficacy_first", "ppl_drift")})
         if on_batch:
             on_batch(record)
-        t0 = time.perf_counter()
 
     post = snapshot_scores(lm, cases, dataset)
-    ppl_after = perplexity(lm, reference)
+    ppl_after = ppl_now if ppl_now is not None else perplexity(lm, reference)
     memories = attached(lm.model).values()
     return {
         "editor": editor, "dataset": dataset, "edits": len(cases), "batch": batch, "seed": seed,

@@ -24,7 +24,7 @@ from kbsync.editing.keys import keys_and_outputs
 from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch, restore_layers, save_layers
 from kbsync.editing.request import EditSpec
-from kbsync.editing.stats import second_moments
+from kbsync.editing.stats import MomentCache
 from kbsync.editing.targets import optimise_targets
 from kbsync.errors import EditorError
 from kbsync.lm import arch
@@ -47,8 +47,7 @@ class LocateThenEdit:
         self.state: dict[str, torch.Tensor] = {}
         self.last_stats: dict = {}
         self.clock = PhaseClock()
-        self._covs: dict[int, torch.Tensor] = {}
-        self._covs_of: str | None = None
+        self._moments = MomentCache()
 
     # -- what subclasses provide -------------------------------------------------------
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor,
@@ -74,11 +73,7 @@ class LocateThenEdit:
     # -- shared machinery ---------------------------------------------------------------
     def covariances(self, lm) -> dict[int, torch.Tensor]:
         """C per edited layer, read once per model (not once per batch)."""
-        if self._covs_of != lm.fingerprint:
-            self._covs = second_moments(lm, list(self.hp.layers), self.hp.stats_tokens,
-                                        self.hp.stats_corpus)
-            self._covs_of = lm.fingerprint
-        return self._covs
+        return self._moments.get(lm, self.hp)
 
     def edit(self, lm, specs: list[EditSpec]) -> WeightPatch:
         if not specs:

@@ -82,7 +82,8 @@ def second_moments(lm, layers: list[int], n_tokens: int = 200_000, corpus: str =
     from safetensors.torch import load_file, save_file
 
     passages = sample_passages(corpus)
-    cached = {l: _path(lm.fingerprint, sample_digest(passages), l, n_tokens) for l in layers}
+    sample = sample_digest(passages)
+    cached = {l: _path(lm.fingerprint, sample, l, n_tokens) for l in layers}
     result = {l: load_file(p)["mom2"] for l, p in cached.items() if p.exists()}
     missing = [l for l in layers if l not in result]
     if not missing:
@@ -118,3 +119,19 @@ def second_moments(lm, layers: list[int], n_tokens: int = 200_000, corpus: str =
         save_file({"mom2": result[l].contiguous()}, str(tmp), metadata={"tokens": str(count)})
         tmp.replace(cached[l])
     return result
+
+
+class MomentCache:
+    """An editor's second moments for its layers (`hp.layers`), read once per model, not
+    once per batch."""
+
+    def __init__(self) -> None:
+        self._of: str | None = None
+        self._moments: dict[int, torch.Tensor] = {}
+
+    def get(self, lm, hp) -> dict[int, torch.Tensor]:
+        if self._of != lm.fingerprint:
+            self._moments = second_moments(lm, list(hp.layers), hp.stats_tokens,
+                                           hp.stats_corpus)
+            self._of = lm.fingerprint
+        return self._moments

@@ -59,7 +59,7 @@ def relative_norms(project, manifests: dict[str, Manifest]
         raise IntegrityError(f"the snapshots were made on base model {', '.join(sorted(made_on))}"
                              f", but {cfg.model} is {fingerprint}")
     base = base_matrices(path, layers, allow_pickle=cfg.allow_pickle)
-    base_norm = {layer: _norm(w) for layer, w in base.items()}
+    base_norm = {layer: frobenius_norm(w) for layer, w in base.items()}
 
     out: dict[str, dict[int, float]] = {}
     last: tuple[str, dict[int, torch.Tensor]] | None = None   # the linear case: reuse it
@@ -73,7 +73,7 @@ def relative_norms(project, manifests: dict[str, Manifest]
             patch = patches.get(known[ancestor].patch or "")
             for layer in patch.layers if patch else ():
                 weights[layer].add_(patch.delta(layer))   # as WeightPatch.apply
-        out[sid] = {layer: _norm(weights[layer]) / base_norm[layer] for layer in layers}
+        out[sid] = {layer: frobenius_norm(weights[layer]) / base_norm[layer] for layer in layers}
         last = (sid, weights)
     return base_norm, out
 
@@ -140,7 +140,8 @@ def _patch(tensors: dict[str, "torch.Tensor"]) -> "WeightPatch":
                        {l: d.float() for l, d in patch.dense.items()})
 
 
-def _norm(w: "torch.Tensor") -> float:
+def frobenius_norm(w: "torch.Tensor") -> float:
+    """‖w‖_F in float64, without a float64 copy of w."""
     import torch
 
     return float(torch.linalg.vector_norm(w, dtype=torch.float64))

@@ -35,6 +35,7 @@ import torch
 from kbsync.editing.side.base import SideEditor
 from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.train import build_rows, fit, layer_inputs, memory_off
+from kbsync.editing.stats import MomentCache
 from kbsync.lm import arch
 
 UNRELATED = Path(__file__).resolve().parents[2] / "data" / "unrelated.txt"
@@ -87,16 +88,14 @@ class WiseMemory(SideMemory):
 class WISE(SideEditor):
     name = kind = "wise"
 
-    def general_moment(self, lm) -> torch.Tensor:
-        """E[x xᵀ] of the memory layer's input over the statistics corpus, float32, read
-        once per model: E‖Δx‖² = tr(Δ C Δᵀ) is the mean squared side output on general text."""
-        if getattr(self, "_moment_of", None) != lm.fingerprint:
-            from kbsync.editing.stats import second_moments
+    def __init__(self, hparams):
+        super().__init__(hparams)
+        self._moments = MomentCache()
 
-            self._moment = second_moments(lm, [self.layer], self.hp.stats_tokens,
-                                          self.hp.stats_corpus)[self.layer].float()
-            self._moment_of = lm.fingerprint
-        return self._moment
+    def covariances(self, lm) -> dict:
+        """With `general_alpha`: E[x xᵀ] of the memory layer's input over the statistics
+        corpus (E‖Δx‖² = tr(Δ C Δᵀ), the mean squared side output on general text)."""
+        return self._moments.get(lm, self.hp) if self.x.get("general_alpha") is not None else {}
 
     def update(self, lm, specs, memory):
         x, t = self.x, memory.tensors
@@ -158,7 +157,8 @@ class WISE(SideEditor):
             return out + s * use
 
         general_alpha = x.get("general_alpha")
-        cov = self.general_moment(lm).to(device) if general_alpha is not None else None
+        cov = (self.covariances(lm)[self.layer].float().to(device)
+               if general_alpha is not None else None)
 
         def margins():
             key, unrelated = step["key"], (other @ step["delta"].T).norm(dim=-1)
