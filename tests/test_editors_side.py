@@ -201,3 +201,20 @@ def test_wise_general_margin_bounds_the_side_output_on_the_statistics_text():
         rms[general] = float(((mem.delta @ cov) * mem.delta).sum().sqrt())
         mem.restore({})                                # the next run starts empty
     assert rms[0.05] < 0.9 * rms[None], rms
+
+
+@pytest.mark.parametrize("retrieve, memories", [(True, 2), (False, 1)])
+def test_wise_closed_shards_are_kept_apart_or_merged(retrieve, memories):
+    """save_freq 1: the second edit closes the first one's shard. WISE-Retrieve keeps it as
+    its own memory (each prompt goes through the memory it activates most); WISE-Merge
+    TIES-merges it into one. Both edits hold and unrelated prompts are routed around."""
+    lm = tiny_model("llama")
+    ed = _editor("wise", lm, retrieve=retrieve, save_freq=1)
+    before = next_token_logprobs(lm, UNRELATED)
+    second = EditSpec("The lake {subject}", "Geneva", "British", key="geneva")
+    for spec in (SPEC, second):
+        ed.edit(lm, [spec]).apply(lm.model)
+    mem = attached(lm.model)[("wise", 2)]
+    assert len(mem.memories) == memories and ("merged" in mem.tensors) == (not retrieve)
+    assert bool(target_nll(lm, [SPEC.text, second.text], [SPEC.target, second.target])[1].all())
+    assert torch.equal(next_token_logprobs(lm, UNRELATED), before)

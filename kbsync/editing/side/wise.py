@@ -10,8 +10,12 @@ out-projection W, W' = W + Δ, used for a token only when the router says so.
          user-supplied unrelated prompt is needed, and a whole batch trains at once (the
          reference refuses batches).
   shards: the edits of a shard change only a random share ρ of Δ's entries (its mask, from
-         a seed); after `save_freq` edits the shard is closed and TIES-merged (trim to
-         `density`, elect signs, disjoint mean) with the earlier shards' merge.
+         a seed); after `save_freq` edits the shard is closed and either TIES-merged (trim
+         to `density`, elect signs, disjoint mean) with the earlier shards' merge
+         (WISE-Merge), or, with `retrieve`, kept as a memory of its own with its own ε
+         (WISE-Retrieve): a token goes through the memory it activates most among those it
+         activates beyond their ε. A new shard's training then also keeps the closed
+         memories' keys below α and its own keys γ above what the closed memories give them.
 
 Added by kbsync (the reference has no such term, and it is what keeps earlier batches'
 edits when a batch trains the same Δ): a preservation penalty `preserve` ×
@@ -21,9 +25,17 @@ exceeds the current ε (`route: key`: the key token only). `general_alpha` (off 
 default) adds a margin on the RMS side output over the statistics corpus, tr(ΔCΔᵀ)^½ ≤ A:
 the 40 sampled texts alone leave general text scoring near the edits' keys (RESULTS.md).
 
-The memory holds the merge of closed shards (dense, once there is one), the open shard's
-values at its mask positions and the edits' key inputs; a patch holds the open shard's
-values (ρ·d_out·d_in floats), the batch's keys and, when a shard closes, the new merge."""
+kbsync's defaults (RESULTS.md, issue 8): the key is the subject's last token at an
+early layer (the reference keys on the prompt's last token at a late layer), and shards
+are small and kept apart (Retrieve). One linear map cannot separate many prompt-end keys
+from general text at a small model's late layer: zsRE's (the question mark) are alike
+(mean cosine 0.77 at the default model's layer 20), and even the least-energy Δ that gives
+100 of them a side output of norm 50 gives general text a median score of 37 (for 10: 5).
+
+The memory holds the merge of closed shards (dense, once there is one) or the closed
+shards' values (Retrieve), the open shard's values at its mask positions and the edits'
+key inputs; a patch holds the open shard's values (ρ·d_out·d_in floats), the batch's keys
+and, when a shard closes, the new merge or the closed shard."""
 
 from __future__ import annotations
 
@@ -36,6 +48,7 @@ from kbsync.editing.side.base import SideEditor
 from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.train import build_rows, fit, layer_inputs, memory_off
 from kbsync.editing.stats import MomentCache
+from kbsync.editing.tokens import render
 from kbsync.lm import arch
 
 UNRELATED = Path(__file__).resolve().parents[2] / "data" / "unrelated.txt"
@@ -62,27 +75,59 @@ def ties_merge(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
 
 class WiseMemory(SideMemory):
     """merged (d_out, d_in) [optional], shard (m,), shape/seed/shard_id/ratio (int64 and
-    float scalars), min_score, act_ratio."""
+    float scalars), min_score, act_ratio; with `retrieve`, the closed shards kept apart:
+    bank (their values at their masks, concatenated), bank_shard (S,) and bank_min_score
+    (S,)."""
     kind = "wise"
 
     def refresh(self):
-        t, self.delta = self.tensors, None
+        t, self.delta, self.memories = self.tensors, None, []
         if "shard" not in t:
             return
-        d_out, d_in = (int(v) for v in t["shape"])
-        mask = shard_mask((d_out, d_in), int(t["seed"]), int(t["shard_id"]), float(t["ratio"]),
-                          t["shard"].device)
-        delta = t["merged"].clone() if "merged" in t else torch.zeros(d_out, d_in, device=mask.device)
+        shape = tuple(int(v) for v in t["shape"])
+        device, act_ratio = t["shard"].device, float(t["act_ratio"])
+        start = 0
+        for shard, low in zip(t.get("bank_shard", []), t.get("bank_min_score", [])):
+            mask = self.mask_of(int(shard))
+            delta = torch.zeros(shape, device=device)
+            size = int(mask.sum())
+            delta[mask] = t["bank"][start: start + size]
+            start += size
+            self.memories.append((delta, act_ratio * float(low)))
+        mask = self.mask_of(int(t["shard_id"]))
+        delta = t["merged"].clone() if "merged" in t else torch.zeros(shape, device=device)
         delta[mask] += t["shard"]
         self.delta, self.mask = delta, mask
-        self.threshold = float(t["act_ratio"]) * float(t["min_score"])
+        self.threshold = act_ratio * float(t["min_score"])
+        self.memories.append((delta, self.threshold))
+
+    def mask_of(self, shard: int) -> torch.Tensor:
+        t = self.tensors
+        return shard_mask(tuple(int(v) for v in t["shape"]), int(t["seed"]), shard,
+                          float(t["ratio"]), t["shard"].device)
 
     def route(self, x, out):
-        if self.delta is None:
+        """Each token goes through the memory it activates most among those it activates
+        beyond their own threshold (WISE-Retrieve; one memory: WISE-Merge)."""
+        if not self.memories:
             return out
-        side = x @ self.delta.T
-        use = side.norm(dim=-1, keepdim=True) > self.threshold
-        return out + side * use
+        best_side, best_score = torch.zeros_like(out), torch.zeros_like(out[..., :1])
+        for delta, threshold in self.memories:
+            side = x @ delta.T
+            score = side.norm(dim=-1, keepdim=True)
+            better = (score > threshold) & (score > best_score)
+            best_side = torch.where(better, side, best_side)
+            best_score = torch.where(better, score, best_score)
+        return out + best_side
+
+    def rival_scores(self, keys: torch.Tensor, closed: int) -> torch.Tensor:
+        """(n,) the highest score the first `closed` memories give each key where it passes
+        their threshold (0 elsewhere): the score a new memory must beat to keep its keys."""
+        best = keys.new_zeros(len(keys))
+        for delta, threshold in self.memories[:closed]:
+            score = (keys @ delta.T).norm(dim=-1)
+            best = torch.maximum(best, torch.where(score > threshold, score, torch.zeros_like(score)))
+        return best
 
 
 class WISE(SideEditor):
@@ -107,35 +152,56 @@ class WISE(SideEditor):
                            "put.ratio": torch.tensor(x["mask_ratio"]), "put.shard_id": torch.tensor(0),
                            "put.shard_edits": torch.tensor(0), "put.act_ratio": torch.tensor(x["act_ratio"]),
                            "put.min_score": torch.tensor(float("inf"))})
+        retrieve = bool(x.get("retrieve", False))
         shard_id = 0 if first else int(t["shard_id"])
+        in_shard = 0 if first else int(t["shard_edits"])       # the open shard's edits
         merged = t.get("merged")
         start = t["shard"].clone() if not first else None
-        if not first and int(t["shard_edits"]) + len(specs) > x["save_freq"]:
-            closed = memory.delta.clone()                 # close the shard: merge it
-            merged = closed if merged is None else ties_merge([merged, closed - merged], x["density"])
-            shard_id, start = shard_id + 1, None
-            update.update({"put.merged": merged, "put.shard_id": torch.tensor(shard_id),
-                           "put.shard_edits": torch.tensor(0)})
+        old_low = float("inf") if first else float(t["min_score"])
+        if not first and in_shard + len(specs) > x["save_freq"]:
+            if retrieve:                                   # close the shard: keep it apart
+                update.update({"append.bank": t["shard"], "append.bank_shard": t["shard_id"][None],
+                               "append.bank_min_score": t["min_score"][None],
+                               "put.min_score": torch.tensor(float("inf"))})
+                old_low = float("inf")
+            else:                                          # close the shard: merge it
+                closed = memory.delta.clone()
+                merged = closed if merged is None else ties_merge([merged, closed - merged], x["density"])
+                update["put.merged"] = merged
+            shard_id, start, in_shard = shard_id + 1, None, 0
+            update.update({"put.shard_id": torch.tensor(shard_id), "put.shard_edits": torch.tensor(0)})
         device = weight.device
         mask = shard_mask(tuple(weight.shape), self.hp.seed, shard_id, x["mask_ratio"], device)
         values = (start if start is not None else torch.zeros(int(mask.sum()), device=device))
         values = values.clone().requires_grad_(True)
         base = merged.to(device) if merged is not None else torch.zeros(weight.shape, device=device)
+        # with retrieve, the closed memories: their keys are out of this memory's scope, and
+        # the new keys must score above what those memories give them
+        closed = len(memory.memories) - (1 if in_shard else 0) if retrieve and not first else 0
+        old_keys = t.get("keys")
+        closed_keys = old_keys[: len(old_keys) - in_shard] if retrieve and old_keys is not None else None
+        if retrieve and old_keys is not None:
+            old_keys = old_keys[len(old_keys) - in_shard:] if in_shard else None
 
         with memory_off(lm.model):
-            rows = build_rows(lm, specs, self.contexts(lm), self.layer, key="prompt")
+            key_at = x.get("key", "prompt")
+            rows = build_rows(lm, specs, self.contexts(lm), self.layer, key=key_at)
             # out of scope: unrelated texts, and the edit prompts' own tokens before the key
             # (routed there, they would change what the key token reads)
+            upto_key = [s.text if key_at == "prompt" else s.text[: render("{}", s.prompt, s.subject)[1][1]]
+                        for s in specs]
             other = torch.cat([
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
-                layer_inputs(lm, [s.text for s in specs], self.layer, but_last=True)])
+                layer_inputs(lm, upto_key, self.layer, but_last=True)])
+        if closed_keys is not None and not len(closed_keys):
+            closed_keys = None
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
+        rival = memory.rival_scores(keys, closed) if closed else None
         key_only = x.get("route") == "key"
         if key_only:          # the edit rows' later tokens join the out-of-scope set
             other = torch.cat([other, rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]])
         key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
         key_tok[:n_edit, 0] = True
-        old_low = float("inf") if first else float(t["min_score"])
         where = mask.nonzero(as_tuple=True)
 
         def delta():
@@ -168,9 +234,13 @@ class WISE(SideEditor):
                 d = step["delta"]
                 out = out + torch.relu(((d @ cov) * d).sum().clamp_min(1e-12).sqrt()
                                        - general_alpha)
+            if closed_keys is not None:      # leave the closed memories' keys to them
+                out = out + torch.relu((closed_keys @ step["delta"].T).norm(dim=-1)
+                                       - x["alpha"]).mean()
+            if rival is not None:            # beat the closed memories where they claim a key
+                out = out + (torch.relu(rival + x["gamma"] - step["key"]) * (rival > 0)).mean()
             return out
 
-        old_keys = t.get("keys")
         penalty = None
         if old_keys is not None and x["preserve"] > 0:
             before = old_keys @ delta().detach().T
@@ -188,7 +258,7 @@ class WISE(SideEditor):
                               optimizer=x.get("optimizer", "adam"))
         with torch.no_grad():
             low = min(old_low, float((keys @ delta().T).norm(dim=-1).min()))
-        edits = (0 if first or "put.shard_edits" in update else int(t["shard_edits"])) + len(specs)
+        edits = in_shard + len(specs)
         update.update({"append.keys": keys[:: rows.n_contexts].detach(),
                        "put.shard": values.detach(), "put.min_score": torch.tensor(low),
                        "put.shard_edits": torch.tensor(edits)})
