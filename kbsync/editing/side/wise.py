@@ -153,23 +153,7 @@ class WISE(SideEditor):
                            "put.shard_edits": torch.tensor(0), "put.act_ratio": torch.tensor(x["act_ratio"]),
                            "put.min_score": torch.tensor(float("inf"))})
         retrieve = bool(x.get("retrieve", False))
-        shard_id = 0 if first else int(t["shard_id"])
-        in_shard = 0 if first else int(t["shard_edits"])       # the open shard's edits
-        merged = t.get("merged")
-        start = t["shard"].clone() if not first else None
-        old_low = float("inf") if first else float(t["min_score"])
-        if not first and in_shard + len(specs) > x["save_freq"]:
-            if retrieve:                                   # close the shard: keep it apart
-                update.update({"append.bank": t["shard"], "append.bank_shard": t["shard_id"][None],
-                               "append.bank_min_score": t["min_score"][None],
-                               "put.min_score": torch.tensor(float("inf"))})
-                old_low = float("inf")
-            else:                                          # close the shard: merge it
-                closed = memory.delta.clone()
-                merged = closed if merged is None else ties_merge([merged, closed - merged], x["density"])
-                update["put.merged"] = merged
-            shard_id, start, in_shard = shard_id + 1, None, 0
-            update.update({"put.shard_id": torch.tensor(shard_id), "put.shard_edits": torch.tensor(0)})
+        shard_id, in_shard, start, merged, old_low = self._open_shard(t, memory, len(specs), update)
         device = weight.device
         mask = shard_mask(tuple(weight.shape), self.hp.seed, shard_id, x["mask_ratio"], device)
         values = (start if start is not None else torch.zeros(int(mask.sum()), device=device))
@@ -263,6 +247,27 @@ class WISE(SideEditor):
                        "put.shard": values.detach(), "put.min_score": torch.tensor(low),
                        "put.shard_edits": torch.tensor(edits)})
         return update
+
+    def _open_shard(self, t, memory, n_new: int, update: dict):
+        """The shard this batch trains: the open one, or a new one once `save_freq` would be
+        passed (the closed one kept apart with Retrieve, TIES-merged without). Returns its
+        id, edits so far, values so far (None: new), the merge and its lowest key score."""
+        if "shard" not in t:
+            return 0, 0, None, None, float("inf")
+        shard_id, in_shard, merged = int(t["shard_id"]), int(t["shard_edits"]), t.get("merged")
+        if in_shard + n_new <= self.x["save_freq"]:
+            return shard_id, in_shard, t["shard"].clone(), merged, float(t["min_score"])
+        if self.x.get("retrieve", False):
+            update.update({"append.bank": t["shard"], "append.bank_shard": t["shard_id"][None],
+                           "append.bank_min_score": t["min_score"][None],
+                           "put.min_score": torch.tensor(float("inf"))})
+            low = float("inf")
+        else:
+            closed = memory.delta.clone()
+            merged = closed if merged is None else ties_merge([merged, closed - merged], self.x["density"])
+            update["put.merged"], low = merged, float(t["min_score"])
+        update.update({"put.shard_id": torch.tensor(shard_id + 1), "put.shard_edits": torch.tensor(0)})
+        return shard_id + 1, 0, None, merged, low
 
 
 @cache
