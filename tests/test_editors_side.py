@@ -218,3 +218,23 @@ def test_wise_closed_shards_are_kept_apart_or_merged(retrieve, memories):
     assert len(mem.memories) == memories and ("merged" in mem.tensors) == (not retrieve)
     assert bool(target_nll(lm, [SPEC.text, second.text], [SPEC.target, second.target])[1].all())
     assert torch.equal(next_token_logprobs(lm, UNRELATED), before)
+
+
+def test_wise_closed_shard_is_rebuilt_when_a_restore_brings_other_values():
+    """Closed shards' Δ are built once per memory; a restored memory whose shard of the same
+    id holds other values must not route through the stale one."""
+    from kbsync.editing.side.wise import WiseMemory, shard_mask
+    mask = shard_mask((3, 4), 0, 0, 0.5, "cpu")
+    n = int(mask.sum())
+
+    def tensors(value):
+        return {"shape": torch.tensor([3, 4]), "seed": torch.tensor(0), "ratio": torch.tensor(0.5),
+                "act_ratio": torch.tensor(0.9), "shard_id": torch.tensor(1),
+                "shard": torch.zeros(int(shard_mask((3, 4), 0, 1, 0.5, "cpu").sum())),
+                "min_score": torch.tensor(1.0), "bank": torch.full((n,), value),
+                "bank_shard": torch.tensor([0]), "bank_min_score": torch.tensor([1.0])}
+    mem = WiseMemory(0, tensors(1.0))
+    assert torch.equal(mem.memories[0][0][mask], torch.ones(n))
+    mem.restore(tensors(2.0))
+    assert torch.equal(mem.memories[0][0][mask], torch.full((n,), 2.0))
+    assert len(mem.memories) == 2 and float(mem.memories[0][1]) == pytest.approx(0.9)

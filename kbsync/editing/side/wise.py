@@ -84,22 +84,33 @@ class WiseMemory(SideMemory):
         t, self.delta, self.memories = self.tensors, None, []
         if "shard" not in t:
             return
-        shape = tuple(int(v) for v in t["shape"])
-        device, act_ratio = t["shard"].device, float(t["act_ratio"])
-        start = 0
+        shape, act_ratio = tuple(int(v) for v in t["shape"]), float(t["act_ratio"])
+        self.memories = [(delta, act_ratio * float(low)) for delta, low in self._closed()]
+        delta = t["merged"].clone() if "merged" in t else torch.zeros(shape, device=t["shard"].device)
+        delta[self.mask_of(int(t["shard_id"]))] += t["shard"]
+        self.delta = delta
+        self.memories.append((delta, act_ratio * float(t["min_score"])))
+
+    def _closed(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(Δ, lowest key score) of each closed shard (Retrieve). A closed shard never
+        changes, so its mask and dense Δ are built once, not after every batch's update (a
+        restored memory whose shard holds other values gets its Δ built afresh)."""
+        t, out, start = self.tensors, [], 0
+        if not hasattr(self, "_built"):
+            self._built: dict[tuple, tuple] = {}          # key -> (mask, values, Δ)
         for shard, low in zip(t.get("bank_shard", []), t.get("bank_min_score", [])):
-            mask = self.mask_of(int(shard))
-            delta = torch.zeros(shape, device=device)
+            key = (int(shard), int(t["seed"]), float(t["ratio"]), tuple(t["shape"].tolist()),
+                   str(t["bank"].device))
+            mask = self._built[key][0] if key in self._built else self.mask_of(int(shard))
             size = int(mask.sum())
-            delta[mask] = t["bank"][start: start + size]
+            values = t["bank"][start: start + size]
+            if key not in self._built or not torch.equal(self._built[key][1], values):
+                delta = torch.zeros(mask.shape, device=values.device)
+                delta[mask] = values
+                self._built[key] = (mask, values, delta)
+            out.append((self._built[key][2], low))
             start += size
-            self.memories.append((delta, act_ratio * float(low)))
-        mask = self.mask_of(int(t["shard_id"]))
-        delta = t["merged"].clone() if "merged" in t else torch.zeros(shape, device=device)
-        delta[mask] += t["shard"]
-        self.delta, self.mask = delta, mask
-        self.threshold = act_ratio * float(t["min_score"])
-        self.memories.append((delta, self.threshold))
+        return out
 
     def mask_of(self, shard: int) -> torch.Tensor:
         t = self.tensors
@@ -161,11 +172,13 @@ class WISE(SideEditor):
         base = merged.to(device) if merged is not None else torch.zeros(weight.shape, device=device)
         # with retrieve, the closed memories: their keys are out of this memory's scope, and
         # the new keys must score above what those memories give them
-        closed = len(memory.memories) - (1 if in_shard else 0) if retrieve and not first else 0
-        old_keys = t.get("keys")
-        closed_keys = old_keys[: len(old_keys) - in_shard] if retrieve and old_keys is not None else None
-        if retrieve and old_keys is not None:
-            old_keys = old_keys[len(old_keys) - in_shard:] if in_shard else None
+        # (the memories other than the open shard's; a shard closed just now is one of them)
+        closed = len(memory.memories) - (in_shard > 0) if retrieve else 0
+        old_keys, closed_keys = t.get("keys"), None
+        if retrieve and old_keys is not None:             # the open shard's keys are its last
+            split = len(old_keys) - in_shard
+            closed_keys = old_keys[:split] if split else None
+            old_keys = old_keys[split:] if in_shard else None
 
         with memory_off(lm.model):
             key_at = x.get("key", "prompt")
@@ -177,8 +190,6 @@ class WISE(SideEditor):
             other = torch.cat([
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
                 layer_inputs(lm, upto_key, self.layer, but_last=True)])
-        if closed_keys is not None and not len(closed_keys):
-            closed_keys = None
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
         rival = memory.rival_scores(keys, closed) if closed else None
         key_only = x.get("route") == "key"
