@@ -46,6 +46,19 @@ def kb_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("kbsync-cache")
 
 
+@pytest.fixture(autouse=True)
+def _shared_cache(kb_cache, monkeypatch):
+    """No test reads or writes the user's cache: every test gets the session's."""
+    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A cache of the test's own, for tests whose tiny models differ under one name
+    (statistics cached for one must not serve another)."""
+    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="session")
 def applied_template(tmp_path_factory, tiny_llama_dir, kb_cache):
     """A project after `apply` of FACTS with MEMIT (built once, copied per test)."""

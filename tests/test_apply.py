@@ -32,11 +32,6 @@ from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import read_applied_state
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))     # never the user's cache
-
-
 # ------------------------------------------------------------------ 1. the whole cycle
 
 @pytest.mark.parametrize("editor", ["memit", "alphaedit"])

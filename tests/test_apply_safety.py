@@ -27,11 +27,6 @@ from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import SnapshotStore
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))     # never the user's cache
-
-
 # ------------------------------------------------------------------ 5. audit
 
 def _flip_object_byte(project: Project) -> str:

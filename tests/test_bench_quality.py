@@ -10,12 +10,6 @@ from kbsync.bench.quality import run_quality
 from kbsync.testing import TINY_HPARAMS
 
 
-@pytest.fixture
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))
-
-
-@pytest.mark.usefixtures("_cache")
 def test_quality_traces_each_batch_and_measures_weight_growth(tiny_llama_dir):
     seen = []
     result = run_quality("memit", "counterfact", edits=4, batch=2, model=str(tiny_llama_dir),
@@ -30,7 +24,6 @@ def test_quality_traces_each_batch_and_measures_weight_growth(tiny_llama_dir):
     assert 0 < result["params_changed"] <= 2 * 64 * 256
 
 
-@pytest.mark.usefixtures("_cache")
 def test_side_memory_changes_no_weight(tiny_llama_dir):
     result = run_quality("grace", "zsre", edits=2, batch=2, model=str(tiny_llama_dir),
                          device="cpu", hparams={**TINY_HPARAMS, "layers": [2], "steps": 5})

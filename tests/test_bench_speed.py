@@ -10,11 +10,6 @@ from kbsync.bench.speed import PHASES, run_speed
 from kbsync.testing import TINY_HPARAMS, tiny_model
 
 
-@pytest.fixture
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))
-
-
 def test_model_shape_counts_one_block():
     lm = tiny_model("llama")
     shape = floor.ModelShape.of(lm.model)
@@ -43,7 +38,6 @@ def test_llama3_8b_shape_has_8b_parameters():
     assert 8.0e9 < sum(p.numel() for p in model.parameters()) < 8.1e9
 
 
-@pytest.mark.usefixtures("_cache")
 def test_speed_run_reports_every_phase_against_its_floor(tiny_llama_dir):
     seen = []
     result = run_speed(str(tiny_llama_dir), "alphaedit", edits=4, batch=2, device="cpu",

@@ -74,11 +74,6 @@ for line in iter(sys.stdin.readline, ""):
 """
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))     # never the user's cache
-
-
 class Zygote:
     """A Python process with torch imported that forks one `kbsync apply` per request."""
 

@@ -18,9 +18,7 @@ SPEC = EditSpec("The river {subject}", "Danube", "American", key="danube")
 UNRELATED = "He was born in the city of"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def _weights(lm):

@@ -25,9 +25,7 @@ EDITORS = ["encore", "lyaplock", "lyaplock+memit", "lyaplock+alphaedit", "rome"]
 TINY = {"encore": {"norm_lambda": 0.1}, "rome": {"layers": [2]}}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def _editor(name, lm, **overrides):

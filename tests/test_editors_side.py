@@ -26,9 +26,7 @@ TINY = {"grace": {"eps": 0.5},
 SIDE = list(TINY)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def _editor(name, lm, **overrides):

@@ -26,9 +26,7 @@ NEXT = [EditSpec("The lake {subject}", "Geneva", "British"),
         EditSpec("The mountain {subject}", "Everest", "football")]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 # -- every new editor / option still edits ----------------------------------------------

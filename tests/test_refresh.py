@@ -33,11 +33,6 @@ LOOSE = dict(retention_sample=0, kl_max=1e9, locality_min=0.0, ppl_drift_max=1.0
 RIVAL = {"id": "danube-2", "subject": "Danube", "relation": RIVER, "object": NEW}
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))     # never the user's cache
-
-
 @pytest.fixture
 def drifted(applied):
     """The applied project after the rival edit: Danube/R1 committed but no longer answered."""

@@ -25,11 +25,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {"gates.png", "edits.png", "seconds.png", "norms.png"}
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))
-
-
 class Page(HTMLParser):
     """Rows of the page's tables: {table id: {row key: {cell key: data-value}}}."""
 

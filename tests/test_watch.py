@@ -40,11 +40,6 @@ DEBOUNCE = 0.4
 WAIT = 90          # generous: the machine may be busy; a passing test takes seconds
 
 
-@pytest.fixture(autouse=True)
-def _cache(kb_cache, monkeypatch):
-    monkeypatch.setenv("KBSYNC_CACHE", str(kb_cache))     # never the user's cache
-
-
 class Watcher:
     """A watch running on a thread; its events arrive on a queue."""
 
