@@ -117,13 +117,15 @@ class WiseMemory(SideMemory):
         return shard_mask(tuple(int(v) for v in t["shape"]), int(t["seed"]), shard,
                           float(t["ratio"]), t["shard"].device)
 
-    def route(self, x, out):
+    def route(self, x, out, upto: int | None = None):
         """Each token goes through the memory it activates most among those it activates
-        beyond their own threshold (WISE-Retrieve; one memory: WISE-Merge)."""
-        if not self.memories:
+        beyond their own threshold (WISE-Retrieve; one memory: WISE-Merge); `upto`: among
+        the first `upto` memories only."""
+        memories = self.memories[:upto]
+        if not memories:
             return out
         best_side, best_score = torch.zeros_like(out), torch.zeros_like(out[..., :1])
-        for delta, threshold in self.memories:
+        for delta, threshold in memories:
             side = x @ delta.T
             score = side.norm(dim=-1, keepdim=True)
             better = (score > threshold) & (score > best_score)
@@ -197,6 +199,11 @@ class WISE(SideEditor):
             other = torch.cat([other, rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]])
         key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
         key_tok[:n_edit, 0] = True
+        # the suffix's input does not depend on Δ, so what the closed memories give it is
+        # fixed: routed once here, not through every memory at every step (their number
+        # grows with the edits); a token the new memory takes gets its side output instead
+        with torch.no_grad():
+            kept = memory.route(rows.x, rows.out, upto=closed) - rows.out
         where = mask.nonzero(as_tuple=True)
 
         def delta():
@@ -211,11 +218,11 @@ class WISE(SideEditor):
             key = step["key"] = (keys @ d.T).norm(dim=-1)
             s = xs @ d.T
             if key_only:
-                return out + s * key_tok
+                return out + torch.where(key_tok, s, kept)
             with torch.no_grad():
                 eps = x["act_ratio"] * min(old_low, float(key.min()))
                 use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
-            return out + s * use
+            return out + torch.where(use, s, kept)
 
         general_alpha = x.get("general_alpha")
         cov = (self.covariances(lm)[self.layer].float().to(device)
@@ -248,9 +255,10 @@ class WISE(SideEditor):
         def clamp():
             values.clamp_(-x["norm_constraint"], x["norm_constraint"])
 
-        self.last_stats = fit(rows, [values], side, steps=self.hp.steps, lr=self.hp.lr,
-                              margin=margins, penalty=penalty, after_step=clamp,
-                              optimizer=x.get("optimizer", "adam"))
+        with memory_off(lm.model):
+            self.last_stats = fit(rows, [values], side, steps=self.hp.steps, lr=self.hp.lr,
+                                  margin=margins, penalty=penalty, after_step=clamp,
+                                  optimizer=x.get("optimizer", "adam"))
         with torch.no_grad():
             low = min(old_low, float((keys @ delta().T).norm(dim=-1).min()))
         edits = in_shard + len(specs)
