@@ -31,7 +31,7 @@ from kbsync.bench.setup import timed_statistics
 from kbsync.editing.registry import make_editor
 from kbsync.evaluate.drift import reference_text
 from kbsync.lm.load import load_model
-from kbsync.lm.score import target_nll
+from kbsync.lm.score import kl_per_row, target_nll
 
 HELD_OUT = 8          # drift reference passages
 SEQ = 128             # tokens of each
@@ -50,11 +50,6 @@ def held_out_logprobs(lm) -> torch.Tensor:
             logits = lm.model(input_ids=ids[:, :SEQ].to(lm.device)).logits[0].float()
         rows.append(torch.log_softmax(logits, -1).cpu())
     return torch.cat(rows)
-
-
-def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
-    """Mean per-token KL(p ‖ q)."""
-    return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
 
 
 def main() -> None:
@@ -80,13 +75,14 @@ def main() -> None:
         nll = float(target_nll(lm, [c.rewrite for c in cases], [s.target for s in specs])[0].mean())
         edited = held_out_logprobs(lm)
         patch.restore(lm.model, saved)
-        row = {"size": size, "seconds": seconds, "nll": nll, "kl_base": kl(edited, base),
+        row = {"size": size, "seconds": seconds, "nll": nll,
+               "kl_base": float(kl_per_row(edited, base).mean()),
                "ranks": [int(torch.trace(projs[l]).round()) for l in layers]}
         if previous is not None:
             row.update(dc=max(rel(covs[l], previous["covs"][l]) for l in layers),
                        dp=max(rel(projs[l], previous["projs"][l]) for l in layers),
                        dd=max(rel(deltas[l], previous["deltas"][l]) for l in layers),
-                       kl_half=kl(edited, previous["edited"]))
+                       kl_half=float(kl_per_row(edited, previous["edited"]).mean()))
         rows.append(row)
         previous = {"covs": covs, "projs": projs, "deltas": deltas, "edited": edited}
 

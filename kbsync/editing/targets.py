@@ -25,6 +25,7 @@ from kbsync.editing.hooks import capture_block_output, shift_block_output
 from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
 from kbsync.editing.tokens import encode, render
+from kbsync.lm.score import kl_per_row
 
 KL_TEMPLATE = "{subject} is a"
 
@@ -97,7 +98,7 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
             hidden = run_suffix().to(device)      # the last block's device under a device map
         nll_req, req_ok = forcing.per_request(hidden, unembed, owner, n, len(contexts))
         kl_cur = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
-        kl = (kl_cur.exp() * (kl_cur - kl_init)).sum(-1)
+        kl = kl_per_row(kl_cur, kl_init)
         decay = delta.norm(dim=1) / h_norm ** 2
         loss = nll_req + p.kl_factor * kl + p.weight_decay * decay
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbsync.lm.score import next_token_logprobs, perplexity, target_nll
+from kbsync.lm.score import kl_per_row, next_token_logprobs, perplexity, target_nll
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
     if parent["locality"] is not None:
         now = next_token_logprobs(lm, probes.locality_prompts)
         same = share(now.argmax(-1) == parent["locality"].argmax(-1))
-        kl = float((parent["locality"].exp() * (parent["locality"] - now)).sum(-1).mean())
+        kl = float(kl_per_row(parent["locality"], now).mean())
         checks += [GateCheck("locality", same, gates.locality_min, same >= gates.locality_min),
                    GateCheck("locality_kl", kl, gates.kl_max, kl <= gates.kl_max)]
     known_before = parent["retention"]

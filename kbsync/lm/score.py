@@ -48,6 +48,11 @@ def token_accuracy(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
                         for logits, ids in _target_logits(lm, prompts, targets)]).cpu()
 
 
+def kl_per_row(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) of each row's distribution, from log-probabilities (..., vocab)."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
 def next_token_logprobs(lm, prompts: list[str]) -> torch.Tensor:
     """(n, vocab) log-probabilities of the token after each prompt."""
     unembed = lm.model.get_output_embeddings()
