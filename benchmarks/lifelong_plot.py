@@ -19,11 +19,9 @@ def load(path: Path) -> dict:
 
 
 def plot(runs: list[dict], target: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from kbsync.report.plots import figure
 
-    fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(11, 4)
     first, drift = fig.subplots(1, 2)
     for run in runs:
         done = [point["done"] for point in run["trace"]]

@@ -34,7 +34,8 @@ def draw_all(data: ReportData, out_dir: Path) -> list[str]:
     return written
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """A matplotlib figure drawn off screen (Agg), at the reports' DPI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -61,7 +62,7 @@ def gates(data: ReportData, target: Path) -> str | None:
 
     cols = 2 if len(metrics) > 1 else 1
     rows = math.ceil(len(metrics) / cols)
-    fig = _figure(11, 2.8 * rows)
+    fig = figure(11, 2.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True).ravel()
     serials = [s.serial for s in data.snapshots]
     rollbacks = [s.serial for s in data.snapshots if s.rollback_of]
@@ -99,7 +100,7 @@ def edits(data: ReportData, target: Path) -> str | None:
     runs = [(i, r) for i, r in enumerate(data.runs, 1) if sum(r.counts.values())]
     if not runs:
         return None
-    fig = _figure(max(6.0, 0.6 * len(runs) + 3), 4)
+    fig = figure(max(6.0, 0.6 * len(runs) + 3), 4)
     ax = fig.subplots()
     labels = _run_labels(runs)
     bottom = [0] * len(runs)
@@ -120,7 +121,7 @@ def seconds(data: ReportData, target: Path) -> str | None:
     runs = [(i, r) for i, r in enumerate(data.runs, 1) if r.seconds_per_edit is not None]
     if not runs:
         return None
-    fig = _figure(max(6.0, 0.6 * len(runs) + 3), 4)
+    fig = figure(max(6.0, 0.6 * len(runs) + 3), 4)
     ax = fig.subplots()
     ax.bar(_run_labels(runs), [r.seconds_per_edit for _, r in runs], color="#6a1b9a")
     ax.set_ylabel("seconds per edit")
@@ -137,7 +138,7 @@ def norms(data: ReportData, target: Path) -> str | None:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(11, 4)
+    fig = figure(11, 4)
     ax = fig.subplots()
     serials = [0] + [s.serial for s in data.snapshots]
     for layer in data.layers:
