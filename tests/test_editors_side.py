@@ -236,3 +236,26 @@ def test_wise_closed_shard_is_rebuilt_when_a_restore_brings_other_values():
     mem.restore(tensors(2.0))
     assert torch.equal(mem.memories[0][0][mask], torch.full((n,), 2.0))
     assert len(mem.memories) == 2 and float(mem.memories[0][1]) == pytest.approx(0.9)
+
+
+def test_wise_trains_with_the_installed_memory_off(monkeypatch):
+    """Training adds what the closed memories give the suffix itself, once (their number
+    grows with the edits): the installed memory must not also route every step. With it
+    on, a key token would get an old memory's output on top of the new memory's."""
+    import kbsync.editing.side.wise as wise
+    lm = tiny_model("llama")
+    ed = _editor("wise", lm, retrieve=True, save_freq=1)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append([m.enabled for m in attached(lm.model).values()])
+        return fit(*args, **kwargs)
+    fit = wise.fit
+    monkeypatch.setattr(wise, "fit", spy)
+    for spec in (SPEC, EditSpec("The lake {subject}", "Geneva", "British", key="geneva")):
+        ed.edit(lm, [spec]).apply(lm.model)
+    assert seen == [[False], [False]]
+    mem = attached(lm.model)[("wise", 2)]
+    assert mem.enabled
+    x, out = torch.randn(3, 5, mem.delta.shape[1]), torch.randn(3, 5, mem.delta.shape[0])
+    assert torch.equal(mem.route(x, out, upto=0), out)
