@@ -18,13 +18,13 @@ from kbsync.bench.setup import load_bench_model, timed_statistics
 from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.patch import save_layers
 from kbsync.editing.registry import make_editor
+from kbsync.editing.side.memory import attached
+from kbsync.editing.side.train import memory_off
+from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
 from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
 from kbsync.lm import arch
 from kbsync.lm.score import perplexity
 from kbsync.report.norms import frobenius_norm
-from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
-from kbsync.editing.side.memory import attached
-from kbsync.editing.side.train import memory_off
 
 
 def inference_slowdown(lm, texts: list[str], repeats: int = 3) -> float:

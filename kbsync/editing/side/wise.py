@@ -117,30 +117,23 @@ class WiseMemory(SideMemory):
         return shard_mask(tuple(int(v) for v in t["shape"]), int(t["seed"]), shard,
                           float(t["ratio"]), t["shard"].device)
 
-    def route(self, x, out, upto: int | None = None):
+    def route(self, x, out):
         """Each token goes through the memory it activates most among those it activates
-        beyond their own threshold (WISE-Retrieve; one memory: WISE-Merge); `upto`: among
-        the first `upto` memories only."""
-        memories = self.memories[:upto]
-        if not memories:
-            return out
-        best_side, best_score = torch.zeros_like(out), torch.zeros_like(out[..., :1])
-        for delta, threshold in memories:
+        beyond their own threshold (WISE-Retrieve; one memory: WISE-Merge)."""
+        return out + self.best(x)[0] if self.memories else out
+
+    def best(self, x, upto: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(side output, score) of the memory each token goes through, among the first
+        `upto` memories (all: None); zeros where it passes none's threshold. Needs a memory."""
+        best_side = x.new_zeros(x.shape[:-1] + (self.memories[0][0].shape[0],))
+        best_score = x.new_zeros(x.shape[:-1] + (1,))
+        for delta, threshold in self.memories[:upto]:
             side = x @ delta.T
             score = side.norm(dim=-1, keepdim=True)
             better = (score > threshold) & (score > best_score)
             best_side = torch.where(better, side, best_side)
             best_score = torch.where(better, score, best_score)
-        return out + best_side
-
-    def rival_scores(self, keys: torch.Tensor, closed: int) -> torch.Tensor:
-        """(n,) the highest score the first `closed` memories give each key where it passes
-        their threshold (0 elsewhere): the score a new memory must beat to keep its keys."""
-        best = keys.new_zeros(len(keys))
-        for delta, threshold in self.memories[:closed]:
-            score = (keys @ delta.T).norm(dim=-1)
-            best = torch.maximum(best, torch.where(score > threshold, score, torch.zeros_like(score)))
-        return best
+        return best_side, best_score
 
 
 class WISE(SideEditor):
@@ -193,7 +186,6 @@ class WISE(SideEditor):
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
                 layer_inputs(lm, upto_key, self.layer, but_last=True)])
         n_edit, keys = rows.n_edit_rows, rows.key_inputs()
-        rival = memory.rival_scores(keys, closed) if closed else None
         key_only = x.get("route") == "key"
         if key_only:          # the edit rows' later tokens join the out-of-scope set
             other = torch.cat([other, rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]])
@@ -201,9 +193,13 @@ class WISE(SideEditor):
         key_tok[:n_edit, 0] = True
         # the suffix's input does not depend on Δ, so what the closed memories give it is
         # fixed: routed once here, not through every memory at every step (their number
-        # grows with the edits); a token the new memory takes gets its side output instead
-        with torch.no_grad():
-            kept = memory.route(rows.x, rows.out, upto=closed) - rows.out
+        # grows with the edits); a token the new memory takes gets its side output instead.
+        # Their score at the new keys is what the new memory must beat to keep them.
+        kept, rival = torch.zeros_like(rows.out), None
+        if closed:
+            with torch.no_grad():
+                kept, score = memory.best(rows.x, upto=closed)
+            rival = score[:n_edit, 0, 0]
         where = mask.nonzero(as_tuple=True)
 
         def delta():
