@@ -41,15 +41,20 @@ def bench() -> None:
 @click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
 @click.option("--trace", default=0, show_default=True,
               help="After each batch, score the first N edits and the perplexity drift.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Save progress to this file; run again with it to resume a killed run.")
+@click.option("--checkpoint-every", default=60.0, show_default=True,
+              help="Seconds between checkpoint saves.")
 @json_option
 @handle_errors
 def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, trace,
-                  as_json) -> None:
+                  checkpoint, checkpoint_every, as_json) -> None:
     """N sequential edits in batches of B, all scored after the last batch."""
     from kbsync.bench.quality import run_quality
 
     result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
-                         hparams=json.loads(hparams), trace=trace, on_batch=_progress_line)
+                         hparams=json.loads(hparams), trace=trace, on_batch=_progress_line,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if as_json:
         echo_json(result)
         return
