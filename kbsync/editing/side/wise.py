@@ -80,6 +80,10 @@ class WiseMemory(SideMemory):
     (S,)."""
     kind = "wise"
 
+    def __init__(self, layer: int, tensors: dict[str, torch.Tensor] | None = None):
+        self._built: dict[tuple, tuple] = {}     # closed shard -> (mask, values, Δ)
+        super().__init__(layer, tensors)         # which refreshes, so _built comes first
+
     def refresh(self):
         t, self.delta, self.memories = self.tensors, None, []
         if "shard" not in t:
@@ -96,8 +100,6 @@ class WiseMemory(SideMemory):
         changes, so its mask and dense Δ are built once, not after every batch's update (a
         restored memory whose shard holds other values gets its Δ built afresh)."""
         t, out, start = self.tensors, [], 0
-        if not hasattr(self, "_built"):
-            self._built: dict[tuple, tuple] = {}          # key -> (mask, values, Δ)
         for shard, low in zip(t.get("bank_shard", []), t.get("bank_min_score", [])):
             key = (int(shard), int(t["seed"]), float(t["ratio"]), tuple(t["shape"].tolist()),
                    str(t["bank"].device))
