@@ -11,8 +11,9 @@ would otherwise lose all of it. After a batch the run may save one safetensors f
 
 and, as metadata, the run's identity (editor, dataset, sizes, seed, model, hparams), the
 progress counters and the editor's Python RNG. Written atomically: a kill while saving
-leaves the previous checkpoint. A resumed run on the same machine reproduces the
-uninterrupted one; its clock counts only the edit seconds both processes spent."""
+leaves the previous checkpoint. Resumed on a CPU, a run gives the result of the run never
+killed, bit for bit (tests/test_bench_quality.py); on a GPU, as far as its kernels are
+deterministic. Seconds per edit count the edit time of every process that took part."""
 
 from __future__ import annotations
 
