@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kbsync.editing.patch import restore_layers
 from kbsync.editing.side.memory import attach_memory_tensors, memory_tensors
 from kbsync.errors import KbsyncError
 from kbsync.lm import arch
@@ -77,9 +78,7 @@ def load_checkpoint(path: str | os.PathLike, run: dict, lm, editor, layers) -> P
     if saved_run != json.loads(json.dumps(run, sort_keys=True)):
         raise KbsyncError(f"{path} is the checkpoint of another run: {saved_run}",
                           hint="delete it, or pass another --checkpoint path")
-    with torch.no_grad():
-        for layer in layers:
-            arch.weight_of(lm.model, layer).copy_(tensors[f"weight.{layer}"])
+    restore_layers(lm.model, {layer: tensors[f"weight.{layer}"] for layer in layers})
     attach_memory_tensors(lm.model, _section(tensors, "memory"))
     editor.load_state_dict(_section(tensors, "editor"))
     torch.set_rng_state(tensors["rng.torch"])
