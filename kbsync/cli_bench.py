@@ -40,7 +40,10 @@ def bench() -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--hparams", default="{}", help="JSON overrides of the editor's hyperparameters.")
 @click.option("--trace", default=0, show_default=True,
-              help="After each batch, score the first N edits and the perplexity drift.")
+              help="Score the first N edits (efficacy, locality) and the perplexity drift "
+                   "as the run goes.")
+@click.option("--trace-every", default=0, show_default=True,
+              help="Edits between trace points (0: every batch).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Save progress to this file; run again with it to resume a killed run.")
 @click.option("--checkpoint-every", default=60.0, show_default=True,
@@ -48,12 +51,13 @@ def bench() -> None:
 @json_option
 @handle_errors
 def bench_quality(editor, dataset, edits, batch, seed, model, device, hparams, trace,
-                  checkpoint, checkpoint_every, as_json) -> None:
+                  trace_every, checkpoint, checkpoint_every, as_json) -> None:
     """N sequential edits in batches of B, all scored after the last batch."""
     from kbsync.bench.quality import run_quality
 
     result = run_quality(editor, dataset, edits, batch, seed=seed, model=model, device=device,
-                         hparams=json.loads(hparams), trace=trace, on_batch=_progress_line,
+                         hparams=json.loads(hparams), trace=trace, trace_every=trace_every,
+                         on_batch=_progress_line,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if as_json:
         echo_json(result)

@@ -71,6 +71,11 @@ class LocateThenEdit:
         return 2 * d_in * d_in * n + 2 / 3 * d_in ** 3 + 2 * d_in * d_in * n
 
     # -- shared machinery ---------------------------------------------------------------
+    @property
+    def weight_layers(self) -> list[int]:
+        """The layers whose MLP out-projection this editor changes."""
+        return sorted(self.hp.layers)
+
     def covariances(self, lm) -> dict[int, torch.Tensor]:
         """C per edited layer, read once per model (not once per batch)."""
         return self._moments.get(lm, self.hp)
@@ -84,8 +89,9 @@ class LocateThenEdit:
         contexts = context_templates(lm, hp.contexts, hp.context_length, hp.seed)
         with clock.phase("targets", lm.device):
             target = optimise_targets(lm, specs, contexts, hp.target_params())
+        z, anchored, anchor_stats = regularize.anchor_targets(hp, target, self.state)
         self.last_stats = {"target_steps": target.steps, "target_nll": target.nll.tolist(),
-                           "target_tokens": target.tokens}
+                           "target_tokens": target.tokens, **anchor_stats}
         patch = WeightPatch({})
         batch_keys: dict[int, torch.Tensor] = {}
         originals = save_layers(lm.model, layers)
@@ -95,7 +101,7 @@ class LocateThenEdit:
                     keys, current = keys_and_outputs(lm, specs, contexts, [layer],
                                                      hp.target_layer)
                 batch_keys[layer] = keys[layer]
-                resid = (target.z.to(current.device) - current) / (len(layers) - i)   # (n, d_out)
+                resid = (z.to(current.device) - current) / (len(layers) - i)   # (n, d_out)
                 # solved where the layer lives (each GPU of a device map), in float64:
                 # λC + KKᵀ spans many orders of magnitude
                 dev = arch.weight_of(lm.model, layer).device
@@ -112,6 +118,7 @@ class LocateThenEdit:
                 step.apply(lm.model)
                 patch.merge(step)
             patch.state_update.update(self.state_update(batch_keys))
+            patch.state_update.update(anchored)
         finally:   # bit for bit: W + Δ - Δ is only W up to rounding
             restore_layers(lm.model, originals)
         return patch

@@ -38,6 +38,18 @@ def capture_mlp_inputs(model, layers, store: dict):
 
 
 @contextmanager
+def capture_mlp_output(model, layer: int, store: dict):
+    """store[layer] = output of the MLP out-projection, (B, T, d_out)."""
+    def hook(_module, _inputs, output):
+        store[layer] = output
+    handle = arch.mlp_out(model, layer).register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def capture_block_output(model, layer: int, store: dict):
     def hook(_module, _inputs, output):
         store[layer] = _hidden(output)

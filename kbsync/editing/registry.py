@@ -28,6 +28,12 @@ EDITORS: dict[str, tuple[str, str]] = {
     "nmke": ("kbsync.editing.nmke:NMKE",
              "NMKE: AlphaEdit's update masked to the FFN neurons attribution picks "
              "(knowledge-general + knowledge-specific, entropy-sized)"),
+    "rlsedit": ("kbsync.editing.rlsedit:RLSEdit",
+                "RLSEdit: MEMIT's front end, every past edit's keys in a recursive "
+                "least-squares inverse updated by Woodbury (cost per edit flat in history)"),
+    "ultraedit": ("kbsync.editing.ultraedit:UltraEdit",
+                  "UltraEdit: closed-form ridge edit from gradient features under lifelong "
+                  "normalisation; no subject, no target optimisation"),
     "grace": ("kbsync.editing.side.grace:GRACE",
               "GRACE: side codebook at one layer; a token near a stored key gets its trained "
               "value (deferral radii grow and split)"),
@@ -45,6 +51,8 @@ REGULARIZERS: dict[str, str] = {
     "rect": "RECT: keeps only the largest relative weight changes of each batch's update",
     "prune": "PRUNE: log-restrains the singular values of the accumulated update above "
              "the original matrix's largest",
+    "nas": "NAS: norm-anchor scaling, each target value vector rescaled to the norm of "
+           "the first batch's (arXiv 2602.02543)",
 }
 
 

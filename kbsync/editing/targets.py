@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from kbsync.editing.forcing import Forcing
-from kbsync.editing.hooks import capture_block_output, shift_block_output
+from kbsync.editing.hooks import capture_block_output, capture_mlp_output, shift_block_output
 from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
 from kbsync.editing.tokens import encode, render
@@ -34,6 +34,8 @@ KL_TEMPLATE = "{subject} is a"
 class TargetResult:
     z: torch.Tensor          # (n, d_model) desired block output on the bare prompt
     delta: torch.Tensor      # (n, d_model)
+    h: torch.Tensor          # (n, d_model) the block's output before the edit
+    mlp: torch.Tensor        # (n, d_model) the block's MLP output there (NAS's v0)
     steps: int
     nll: torch.Tensor        # (n,) final mean target NLL over prompts
     tokens: dict             # real (unpadded) tokens: prefix (once), suffix and target (per step)
@@ -80,10 +82,13 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     run_suffix = PrefixRunner(model, split, frozen_below=p.z_layer)
     with torch.no_grad():
         store: dict = {}
-        with capture_block_output(model, p.z_layer, store):
+        mlp: dict = {}
+        with capture_block_output(model, p.z_layer, store), \
+                capture_mlp_output(model, p.z_layer, mlp):
             hidden = run_suffix().to(device)
-        h0 = store[p.z_layer].to(device)[rows[:n_rw:len(contexts)],
-                                         batch.subject_pos[:n_rw:len(contexts)]].float()
+        bare = (rows[:n_rw:len(contexts)], batch.subject_pos[:n_rw:len(contexts)])
+        h0 = store[p.z_layer].to(device)[bare].float()
+        v0 = mlp[p.z_layer].to(device)[bare].float()
         kl_init = torch.log_softmax(unembed(hidden[kl_rows, batch.last_pos[n_rw:]]).float(), -1)
 
     delta = torch.zeros(n, h0.shape[1], device=device, requires_grad=True)
@@ -122,4 +127,4 @@ def optimise_targets(lm, specs: list[EditSpec], contexts: list[str], p: TargetPa
     prompts = int(split.prefix_mask[:n_rw].sum()) + int((batch.last_pos[:n_rw] + 1).sum())
     tokens = {"prefix": int(split.prefix_mask.sum()), "suffix": int(batch.attention_mask.sum()),
               "target": len(forcing.ids), "rows": len(texts), "rewrite_prompts": prompts}
-    return TargetResult(h0 + delta, delta, step, nll_req.detach(), tokens)
+    return TargetResult(h0 + delta, delta, h0, v0, step, nll_req.detach(), tokens)

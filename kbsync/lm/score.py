@@ -11,41 +11,75 @@ CHUNK = 64
 
 
 def _hidden_chunks(lm, prompts: list[str], targets: list[str] | None = None):
-    """(batch, final hidden states) per chunk of prompts; one forward pass each."""
-    for s in range(0, len(prompts), CHUNK):
-        chunk = prompts[s:s + CHUNK]
+    """(indices, batch, final hidden states) per chunk, one forward pass each. Chunks are
+    cut from the pairs sorted by length, so little of a pass goes to padding; `indices`
+    say which input each row is."""
+    lengths = [len(p) + (len(targets[i]) if targets is not None else 0)
+               for i, p in enumerate(prompts)]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    for s in range(0, len(order), CHUNK):
+        idx = order[s:s + CHUNK]
+        chunk = [prompts[i] for i in idx]
         spans = [(0, len(p)) for p in chunk]        # subject position is unused here
         batch = encode(lm.tokenizer, chunk, spans,
-                       None if targets is None else targets[s:s + CHUNK]).to(lm.device)
+                       None if targets is None else [targets[i] for i in idx]).to(lm.device)
         with torch.no_grad():
             hidden = lm.model.base_model(input_ids=batch.input_ids,
                                          attention_mask=batch.attention_mask).last_hidden_state
-        yield batch, hidden
+        yield idx, batch, hidden
 
 
-def _target_logits(lm, prompts: list[str], targets: list[str]):
-    """Per pair: (logits predicting each target token, the target ids), teacher forced."""
+def _per_pair(lm, prompts: list[str], targets: list[str], reduce) -> list:
+    """reduce(logits predicting each target token, target ids) per pair, in input order,
+    teacher forced; logits are made only at target positions, one unembedding per chunk."""
     unembed = lm.model.get_output_embeddings()
-    for batch, hidden in _hidden_chunks(lm, prompts, targets):
-        for r, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
-            yield unembed(hidden[r, pos]).float(), ids
+    out: list = [None] * len(prompts)
+    for idx, batch, hidden in _hidden_chunks(lm, prompts, targets):
+        rows = torch.cat([torch.full((len(p),), r, device=hidden.device)
+                          for r, p in enumerate(batch.target_pos)])
+        with torch.no_grad():
+            logits = unembed(hidden[rows, torch.cat(batch.target_pos)]).float()
+        for i, part, ids in zip(idx, logits.split([len(p) for p in batch.target_pos]),
+                                batch.target_ids):
+            out[i] = reduce(part, ids)
+    return out
+
+
+def _nll_top1(logits: torch.Tensor, ids: torch.Tensor):
+    logp = torch.log_softmax(logits, -1)
+    top = logp.argmax(-1)
+    return -logp.gather(1, ids[:, None]).mean(), (top == ids).all(), top[0]
+
+
+def target_scores(lm, prompts: list[str], targets: list[str]):
+    """Per pair: mean token NLL of " target" after the prompt, whether every target token
+    is the argmax (teacher-forced token accuracy == 1), and the prompt's own top-1 next
+    token (the first target position is the prompt's last token)."""
+    if not prompts:
+        empty = torch.zeros(0)
+        return empty, empty.bool(), empty.long()
+    nll, top1, first = zip(*_per_pair(lm, prompts, targets, _nll_top1))
+    return torch.stack(nll).cpu(), torch.stack(top1).cpu(), torch.stack(first).cpu()
 
 
 def target_nll(lm, prompts: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pair: mean token NLL of " target" after the prompt, and whether every target
-    token is the argmax (teacher-forced token accuracy == 1). Returns (nll, all_top1)."""
-    nll, top1 = [], []
-    for logits, ids in _target_logits(lm, prompts, targets):
-        logp = torch.log_softmax(logits, -1)
-        nll.append(-logp.gather(1, ids[:, None]).mean())
-        top1.append((logp.argmax(-1) == ids).all())
-    return torch.stack(nll).cpu(), torch.stack(top1).cpu()
+    """Per pair: (mean token NLL of the target, whether every target token is the argmax)."""
+    nll, top1, _ = target_scores(lm, prompts, targets)
+    return nll, top1
+
+
+def accuracy_and_first(lm, prompts: list[str], targets: list[str]):
+    """Per pair: share of target tokens that are the argmax (teacher forced; zsRE metric),
+    and the prompt's own top-1 next token."""
+    def reduce(logits, ids):
+        top = logits.argmax(-1)
+        return (top == ids).float().mean(), top[0]
+    acc, first = zip(*_per_pair(lm, prompts, targets, reduce))
+    return torch.stack(acc).cpu(), torch.stack(first).cpu()
 
 
 def token_accuracy(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
-    """Per pair: share of target tokens that are the argmax (teacher forced; zsRE metric)."""
-    return torch.stack([(logits.argmax(-1) == ids).float().mean()
-                        for logits, ids in _target_logits(lm, prompts, targets)]).cpu()
+    return accuracy_and_first(lm, prompts, targets)[0]
 
 
 def kl_per_row(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -56,11 +90,24 @@ def kl_per_row(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 def next_token_logprobs(lm, prompts: list[str]) -> torch.Tensor:
     """(n, vocab) log-probabilities of the token after each prompt."""
     unembed = lm.model.get_output_embeddings()
-    out = []
-    for batch, hidden in _hidden_chunks(lm, prompts):
+    out: list = [None] * len(prompts)
+    for idx, batch, hidden in _hidden_chunks(lm, prompts):
         rows = torch.arange(len(batch.last_pos), device=hidden.device)
-        out.append(torch.log_softmax(unembed(hidden[rows, batch.last_pos]).float(), -1).cpu())
-    return torch.cat(out)
+        logp = torch.log_softmax(unembed(hidden[rows, batch.last_pos]).float(), -1).cpu()
+        for i, row in zip(idx, logp):
+            out[i] = row
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+def next_token_top1(lm, prompts: list[str]) -> torch.Tensor:
+    """(n,) the most likely next token of each prompt, without keeping n × vocab."""
+    unembed = lm.model.get_output_embeddings()
+    out = torch.zeros(len(prompts), dtype=torch.long)
+    for idx, batch, hidden in _hidden_chunks(lm, prompts):
+        rows = torch.arange(len(batch.last_pos), device=hidden.device)
+        with torch.no_grad():
+            out[idx] = unembed(hidden[rows, batch.last_pos]).argmax(-1).cpu()
+    return out
 
 
 def greedy(lm, prompts: list[str], max_new_tokens: int = 8) -> list[str]:

@@ -41,6 +41,10 @@ class SideEditor:
     def contexts(self, lm) -> list[str]:
         return context_templates(lm, self.hp.contexts, self.hp.context_length, self.hp.seed)
 
+    @property
+    def weight_layers(self) -> list[int]:
+        return []                        # the model's weights stay as they are
+
     def covariances(self, lm) -> dict:
         return {}                        # no statistics: `bench` times them as zero
 
