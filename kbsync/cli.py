@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ import click
 
 from kbsync import __version__
 from kbsync.errors import EXIT_CHANGES, KbsyncError
+from kbsync.text import printable
 
-__all__ = ["main", "Env", "pass_env", "json_option", "handle_errors", "echo_json"]
+__all__ = ["main", "Env", "pass_env", "json_option", "handle_errors", "echo_json", "printable"]
 
 
 @dataclass
@@ -70,8 +72,9 @@ def json_option(fn: Callable) -> Callable:
 def _fail(err: KbsyncError, as_json: bool) -> None:
     if as_json:
         echo_json(err.to_json())
-    click.echo(click.style("error: ", fg="red", bold=True) + str(err), err=True,
-               color=color_enabled())
+    # file names and fact text in the message are printed escaped, never as terminal codes
+    click.echo(click.style("error: ", fg="red", bold=True) + printable(err, keep_newlines=True),
+               err=True, color=color_enabled())
     sys.exit(err.exit_code)
 
 
@@ -85,6 +88,10 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except KbsyncError as err:
             _fail(err, kwargs.get("as_json", False))
+        except sqlite3.DatabaseError as err:   # the ledger, read past its opening
+            from kbsync.project import corrupt_ledger
+
+            _fail(corrupt_ledger(err), kwargs.get("as_json", False))
         except OSError as err:   # the store is left consistent: say so, no traceback
             where = f": {err.filename}" if err.filename else ""
             _fail(KbsyncError(f"{err.strerror or err}{where}",
@@ -158,7 +165,8 @@ def plan_lines(plan) -> list[str]:
             text = f"{sign} remove {r.fact_key}: {r.old_object}"
         if r.reason not in ("diff", "drift"):
             text += f"  ({r.reason})"
-        lines.append(click.style(text, fg=color))
+        # fact text is escaped: a control sequence in it must not rewrite the plan on screen
+        lines.append(click.style(printable(text), fg=color))
     counts = plan.summary()
     if not plan.requests:
         lines.append("No changes.")

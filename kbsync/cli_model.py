@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from kbsync.cli import Env, color_enabled, echo_json, handle_errors, json_option, main, pass_env
+from kbsync.cli import (Env, color_enabled, echo_json, handle_errors, json_option, main, pass_env,
+                        printable)
 from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 
@@ -43,8 +44,8 @@ def _printer(as_json: bool):
         elif kind == "summary" and bar is not None:
             bar.close()
         if kind == "rejected":
-            click.echo(f"rejected {event['key']}: gates failed ({', '.join(event['failed'])})",
-                       err=True)
+            click.echo(printable(f"rejected {event['key']}: gates failed "
+                                 f"({', '.join(event['failed'])})"), err=True)
         elif kind == "batch_start":
             click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
         elif kind == "gates":
@@ -106,7 +107,7 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
                        f"already known, {len(result.skipped)} skipped, "
                        f"{len(result.rejected)} rejected.")
             for key in result.rejected:
-                click.echo(f"  rejected: {key}")
+                click.echo(f"  rejected: {printable(key)}")
 
 
 @main.command()

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from kbsync.cli import Env, echo_json, handle_errors, json_option, main, pass_env
+from kbsync.cli import Env, echo_json, handle_errors, json_option, main, pass_env, printable
 from kbsync.errors import EXIT_CHANGES
 
 
@@ -89,7 +89,7 @@ def watch_command(env: Env, directory: str, debounce: float, polling: bool,
             click.echo(f"watching {project.relative(project.facts_dir)} with {event['observer']}"
                        f"{extra}, debounce {event['debounce']:g}s; Ctrl-C to stop", err=True)
         elif event["type"] == "cycle":
-            click.echo(cycle_line(event))
+            click.echo(printable(cycle_line(event)))   # its message may quote fact text
         elif event["type"] == "stopped":
             click.echo(f"stopped after {event['cycles']} cycle(s)", err=True)
 
@@ -114,7 +114,8 @@ def refresh_command(env: Env, check: bool, as_json: bool) -> None:
         echo_json(report.to_dict())
     else:
         for d in report.drifted:
-            click.echo(f"~ drift {d.key}: {d.object} (the model answers {d.answer!r})")
+            click.echo(printable(f"~ drift {d.key}: {d.object} "
+                                 f"(the model answers {d.answer!r})"))
         click.echo(f"Refresh: {report.probed} committed fact(s) probed, "
                    f"{len(report.drifted)} drifted.")
     if check and report.drifted:

@@ -1,6 +1,7 @@
 """Project configuration (`kbsync.yaml`): model, editor and its overrides, gates, batching.
 
-Relative paths (`model`, `facts`) are relative to the folder holding kbsync.yaml.
+Relative paths (`model`, `facts`, hparams `stats_corpus`) are relative to the folder
+holding kbsync.yaml (`resolve_paths`), never to the current folder.
 Errors point at file:line like fact-file errors (same YAML reader).
 """
 
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kbsync.errors import ConfigError, FactsError, KbsyncError
 from kbsync.facts.yaml_io import read_yaml_file, validation_error
 
-__all__ = ["CONFIG_NAME", "Gates", "Config", "load_config", "render_config"]
+__all__ = ["CONFIG_NAME", "Gates", "Config", "load_config", "render_config", "resolve_paths"]
 
 CONFIG_NAME = "kbsync.yaml"
+# `stats_corpus` values that name a corpus shipped with kbsync, not a file (editing/stats.py).
+SHIPPED_CORPORA = ("mixed", "biographies")
 
 _MODEL = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -78,6 +81,24 @@ def _parse(path: Path) -> Config:
         return Config.model_validate(doc.data)
     except ValidationError as err:
         raise validation_error(err, doc, Config) from None
+
+
+def resolve_paths(config: Config, root: Path | str) -> Config:
+    """`config` with `model` and hparams `stats_corpus` made absolute against `root`, the
+    folder of kbsync.yaml. Resolved against the current folder instead, `kbsync -C proj`
+    or a run from a subfolder would miss the model, or edit another one found there."""
+    updates: dict[str, Any] = {}
+    if config.model != "default":
+        updates["model"] = str(_under(root, config.model))
+    corpus = config.hparams.get("stats_corpus")
+    if isinstance(corpus, str) and corpus not in SHIPPED_CORPORA:
+        updates["hparams"] = {**config.hparams, "stats_corpus": str(_under(root, corpus))}
+    return config.model_copy(update=updates)
+
+
+def _under(root: Path | str, path: str) -> Path:
+    # An absolute `path` stays as it is: Path("/a") / "/b" is "/b".
+    return (Path(root) / Path(path).expanduser()).resolve()
 
 
 def render_config(config: Config) -> str:

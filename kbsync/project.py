@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import kbsync
-from kbsync.config import CONFIG_NAME, Config, load_config, render_config
-from kbsync.errors import KbsyncError
+from kbsync.config import CONFIG_NAME, Config, load_config, render_config, resolve_paths
+from kbsync.errors import IntegrityError, KbsyncError
 
 __all__ = ["STORE_DIR", "Project", "find_project", "init_project", "compute_plan",
-           "demo_facts_dir"]
+           "demo_facts_dir", "corrupt_ledger"]
 
 STORE_DIR = ".kbsync"
 
@@ -38,14 +39,21 @@ class Project:
         return self.root / STORE_DIR
 
     def ledger(self):
-        """The project's ledger (kbsync.store.ledger.Ledger), opened; close it when done."""
+        """The project's ledger (kbsync.store.ledger.Ledger), opened; close it when done.
+        A ledger SQLite cannot read is an IntegrityError (exit 5), not a traceback."""
         from kbsync.store.ledger import Ledger
 
-        return Ledger(self.kbsync_dir / "ledger.db")
+        path = self.kbsync_dir / "ledger.db"
+        try:
+            return Ledger(path)
+        except sqlite3.DatabaseError as err:
+            raise corrupt_ledger(err, path) from None
 
     @cached_property
     def config(self) -> Config:
-        return self._config if self._config is not None else load_config(self.config_path)
+        """The settings, with their paths absolute (relative ones name files of the project)."""
+        config = self._config if self._config is not None else load_config(self.config_path)
+        return resolve_paths(config, self.root)
 
     @property
     def facts_dir(self) -> Path:
@@ -59,6 +67,18 @@ class Project:
         """`path` as the config would write it: relative to the root when inside it."""
         path = Path(path).resolve()
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+
+def corrupt_ledger(err: sqlite3.DatabaseError, path: Path | str | None = None) -> KbsyncError:
+    """The kbsync error for an SQLite error on the ledger. A damaged file ("file is not a
+    database", "database disk image is malformed") is an integrity failure; an
+    OperationalError (locked, disk I/O, cannot open) is an ordinary error."""
+    where = f" ({path})" if path is not None else ""
+    if isinstance(err, sqlite3.OperationalError):
+        return KbsyncError(f"cannot use the ledger{where}: {err}")
+    return IntegrityError(f"the ledger{where} is corrupt: {err}",
+                          hint="restore .kbsync/ledger.db from a backup: kbsync never "
+                               "repairs or replaces the record of what it did")
 
 
 def find_project(start: Path | str) -> Project:

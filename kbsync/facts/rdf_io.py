@@ -36,6 +36,7 @@ from kbsync.facts.schema import Fact, LocalityProbe, Relation
 from kbsync.facts.rdf_locate import Locator
 from kbsync.facts.rdf_offline import check_json_ld, offline
 from kbsync.facts.source import FileContent, Location, read_text_file
+from kbsync.text import UNSAFE_HINT
 
 if TYPE_CHECKING:
     from rdflib import Graph
@@ -296,7 +297,12 @@ class _Reader:
         if heads[0] != RDF.nil and self.g.value(heads[0], RDF.first) is None:
             raise location.error(f"{_short(predicate)} of {_short(node)} must be an RDF list",
                                  hint='write it as ( "a" "b" )')
-        return list(Collection(self.g, heads[0]))
+        try:
+            return list(Collection(self.g, heads[0]))
+        except ValueError:  # rdflib's answer to an rdf:rest that leads back into the list
+            raise location.error(f"{_short(predicate)} of {_short(node)} is a cyclic RDF list "
+                                 "(an rdf:rest points back into the list)",
+                                 hint='write it as ( "a" "b" ), which always ends') from None
 
     def _label(self, node: Any) -> str:
         from rdflib import Literal
@@ -327,8 +333,9 @@ def _build(model: type, location: Location, **fields: Any) -> Any:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or model.__name__
-        raise location.error(f"{model.__name__.lower()} {where}: "
-                             f"{first['msg'].removeprefix('Value error, ')}") from None
+        message = first['msg'].removeprefix('Value error, ')
+        hint = UNSAFE_HINT if "control character" in message else None
+        raise location.error(f"{model.__name__.lower()} {where}: {message}", hint) from None
 
 
 def _short(term: Any) -> str:

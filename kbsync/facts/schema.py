@@ -2,8 +2,10 @@
 
 Every model is strict (YAML's `no` must not silently become False), forbids unknown
 keys (typos are errors) and is frozen (a loaded knowledge base is a value, not a
-workspace). Surrounding whitespace is trimmed so that `"France "` and `"France"` diff
-as the same object.
+workspace). Surrounding whitespace is trimmed and text is put in NFC form, so that
+`"France "` and `"France"`, or a composed and a decomposed `é`, diff as the same object.
+Control and bidi characters are refused in keys and objects (kbsync.text): they would
+rewrite the plan a reviewer reads, and SQLite cuts keys at NUL.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
-__all__ = ["Relation", "LocalityProbe", "Fact", "KnowledgeBase", "check_template"]
+from kbsync.text import describe_char, first_unsafe, nfc
+
+__all__ = ["Relation", "LocalityProbe", "Fact", "KnowledgeBase", "check_template", "Name",
+           "Text", "Template"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 def _strip(value: Any) -> Any:
     # Only strings are trimmed; anything else goes on to the strict type check.
-    return value.strip() if isinstance(value, str) else value
+    return nfc(value.strip()) if isinstance(value, str) else value
+
+
+def _safe(value: str) -> str:
+    char = first_unsafe(value)
+    if char is not None:
+        raise ValueError(f"contains the control character {describe_char(char)}, "
+                         "which would alter how the text is shown; remove it")
+    return value
 
 
 def _non_empty(value: str) -> str:
@@ -52,6 +65,9 @@ def check_template(template: str) -> str:
 
 
 Text = Annotated[str, BeforeValidator(_strip), AfterValidator(_non_empty)]
+# What makes up fact keys and what the plan prints (subject, relation, object, id): no
+# control or bidi characters. Prompts may hold newlines (CounterFact paraphrases do).
+Name = Annotated[Text, AfterValidator(_safe)]
 Template = Annotated[str, BeforeValidator(_strip), AfterValidator(check_template)]
 
 
@@ -59,7 +75,7 @@ class Relation(BaseModel):
     """A relation (Wikidata-style id such as P17) and how to ask for its object."""
 
     model_config = _STRICT
-    id: Text
+    id: Name
     label: Text
     templates: list[Template]
 
@@ -84,12 +100,12 @@ class LocalityProbe(BaseModel):
 
 class Fact(BaseModel):
     model_config = _STRICT
-    subject: Text
-    relation: Text
-    object: Text
+    subject: Name
+    relation: Name
+    object: Name
     paraphrases: list[Text] = []
     locality: list[LocalityProbe] = []
-    id: Text | None = None
+    id: Name | None = None
     source: Text | None = None
     valid_from: Text | None = None
     valid_to: Text | None = None
@@ -106,6 +122,16 @@ class KnowledgeBase(BaseModel):
     model_config = _STRICT
     relations: dict[str, Relation] = {}
     facts: dict[str, Fact] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nfc_keys(cls, data: Any) -> Any:
+        # A state written before keys were normalised still matches its (now NFC) facts.
+        if not isinstance(data, dict):
+            return data
+        return {name: {nfc(k) if isinstance(k, str) else k: v for k, v in value.items()}
+                if name in ("relations", "facts") and isinstance(value, dict) else value
+                for name, value in data.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> KnowledgeBase:

@@ -19,8 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kbsync.errors import FactsError
-from kbsync.facts.schema import Fact, KnowledgeBase, Relation, Template, Text
+from kbsync.facts.schema import Fact, KnowledgeBase, Name, Relation, Template, Text
 from kbsync.facts.source import FileContent, Location, read_text_file
+from kbsync.text import UNSAFE_HINT
 
 __all__ = ["YamlDocument", "parse_yaml", "read_yaml_file", "validation_error",
            "read_yaml_facts", "parse_yaml_facts", "dump_yaml", "kb_to_yaml"]
@@ -58,6 +59,14 @@ class YamlDocument:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# Limits on what a fact file or kbsync.yaml may be; both are refused with file:line before
+# anything is built. Real files nest 5 deep at most; 64 keeps the walk and pydantic far
+# from Python's recursion limit (libyaml itself stops at 1000). A fact is ~7 nodes, so
+# the node cap leaves room for some 250,000 facts in one file.
+MAX_DEPTH = 64
+MAX_NODES = 2_000_000
+
+
 def parse_yaml(text: str, file: str) -> YamlDocument:
     loader = _Loader(text)
     try:
@@ -65,7 +74,10 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         if root is None:
             return YamlDocument(file, None)
         doc = YamlDocument(file, None)
-        _index(root, (), doc, set())
+        try:
+            _index(root, (), doc, set())
+        except _AliasFound as found:
+            raise _alias_error(text, file, found.node) from None
         doc.data = loader.construct_document(root)
         return doc
     except yaml.MarkedYAMLError as err:
@@ -97,29 +109,72 @@ def _syntax_error(err: yaml.MarkedYAMLError, file: str, text: str) -> FactsError
     return FactsError(message, file=file, line=line, column=column, hint=hint)
 
 
-def _index(node: yaml.Node, path: _Path, doc: YamlDocument, stack: set[int]) -> None:
-    # `stack` guards against recursive aliases (&a [*a]), which would never end.
-    if id(node) in stack:
-        return
+class _AliasFound(Exception):
+    def __init__(self, node: yaml.Node):
+        self.node = node
+
+
+def _visit(node: yaml.Node, depth: int, file: str, seen: set[int]) -> None:
+    # The composer hands back the anchored node for every `*alias`, so a node met twice is
+    # an alias. Aliases are refused, not followed: nested ones multiply (6 levels of 10
+    # aliases = a million paths from 400 bytes), and a recursive one never ends.
+    if id(node) in seen:
+        raise _AliasFound(node)
+    seen.add(id(node))
+    if len(seen) > MAX_NODES or depth > MAX_DEPTH:
+        raise _limit_error(node, file, too_deep=depth > MAX_DEPTH)
+
+
+def _index(node: yaml.Node, path: _Path, doc: YamlDocument, seen: set[int]) -> None:
+    """Record the node behind every path, visiting each node once."""
+    _visit(node, len(path), doc.file, seen)
     doc.values[path] = node
     if isinstance(node, yaml.MappingNode):
-        stack = stack | {id(node)}
-        seen: dict[str, yaml.Node] = {}
+        names: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-            if name in seen:
-                first = seen[name].start_mark.line + 1
+            if name in names:
+                first = names[name].start_mark.line + 1
                 raise FactsError(f"duplicate key `{name}` (first defined at line {first})",
                                  file=doc.file, line=key_node.start_mark.line + 1,
                                  column=key_node.start_mark.column + 1,
                                  hint="YAML keeps only the last one; remove or rename one of them")
-            seen[name] = key_node
+            names[name] = key_node
             doc.keys[path + (name,)] = key_node
-            _index(value_node, path + (name,), doc, stack)
+            _visit(key_node, len(path) + 1, doc.file, seen)
+            _index(value_node, path + (name,), doc, seen)
     elif isinstance(node, yaml.SequenceNode):
-        stack = stack | {id(node)}
         for i, item in enumerate(node.value):
-            _index(item, path + (str(i),), doc, stack)
+            _index(item, path + (str(i),), doc, seen)
+
+
+def _limit_error(node: yaml.Node, file: str, *, too_deep: bool) -> FactsError:
+    mark = node.start_mark
+    if too_deep:
+        message, hint = (f"nested more than {MAX_DEPTH} levels deep",
+                         "fact files and kbsync.yaml need only a few levels; check the brackets")
+    else:
+        message, hint = (f"more than {MAX_NODES:,} YAML nodes in one file",
+                         "split the facts over several files in the facts folder")
+    return FactsError(message, file=file, line=mark.line + 1, column=mark.column + 1, hint=hint)
+
+
+def _alias_error(text: str, file: str, anchored: yaml.Node) -> FactsError:
+    """Points at the first `*alias` (found by a second, event-only pass: error path only)."""
+    mark, name = anchored.start_mark, None
+    loader = _Loader(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.AliasEvent):
+                mark, name = event.start_mark, event.anchor
+                break
+    finally:
+        loader.dispose()
+    what = f"`*{name}`" if name else "alias"
+    return FactsError(f"YAML alias {what}: anchors and aliases (&name / *name) are not "
+                      "allowed here", file=file, line=mark.line + 1, column=mark.column + 1,
+                      hint="write the value out in full at each place it is used")
 
 
 # ---------------------------------------------------------------- pydantic errors
@@ -170,7 +225,9 @@ def _describe(item: dict, loc: tuple, doc: YamlDocument, model: type[BaseModel]
     if kind == "string_type":
         return _not_text(where, name, value, doc.node(loc))
     if kind == "value_error":
-        return f"{where}: {item['msg'].removeprefix('Value error, ')}", _value_hint(name)
+        message = item['msg'].removeprefix('Value error, ')
+        hint = UNSAFE_HINT if "control character" in message else _value_hint(name)
+        return f"{where}: {message}", hint
     if kind in ("list_type", "tuple_type"):
         return (f"{where}: expected a list, got {_yaml_type(value)}",
                 f"write `{name}: [a, b]` or one `- item` per line")
@@ -271,7 +328,7 @@ class _RelationBody(BaseModel):
 class _FactFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     version: Literal[1] = 1
-    relations: dict[Text, _RelationBody] = {}
+    relations: dict[Name, _RelationBody] = {}
     facts: list[Fact] = []
 
 

@@ -59,8 +59,9 @@ def check_weights(path: Path, allow_pickle: bool) -> bool:
     if not allow_pickle:
         raise ModelError(f"{path} only has pickle checkpoints ({', '.join(pickles)}); "
                          "unpickling can run arbitrary code",
-                         hint="convert to safetensors, or pass --allow-pickle / "
-                              "`allow_pickle: true` if you trust this file")
+                         hint="convert to safetensors, or set `allow_pickle: true` in "
+                              "kbsync.yaml (load_model(..., allow_pickle=True) from Python) "
+                              "if you trust this file")
     return False
 
 
@@ -73,7 +74,7 @@ def file_fingerprint(path: Path) -> str:
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries]
     cache = cache_dir() / "fingerprints.json"
     key = hashlib.sha256(json.dumps([str(path.resolve()), stamp]).encode()).hexdigest()
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known = _read_cache(cache)
     if key in known:
         return known[key]
     digest = hashlib.sha256()
@@ -88,6 +89,18 @@ def file_fingerprint(path: Path) -> str:
     tmp.write_text(json.dumps(known))
     os.replace(tmp, cache)
     return known[key]
+
+
+def _read_cache(cache: Path) -> dict[str, str]:
+    """The cached fingerprints, or none when the cache is missing or unreadable: it is
+    only a cache (a torn or hand-edited file costs one re-hash, never a traceback)."""
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: v for k, v in known.items() if isinstance(v, str)}
 
 
 def weights_fingerprint(model) -> str:
