@@ -18,7 +18,9 @@ def _print_table(result: dict) -> None:
 
 def _progress_line(record: dict) -> None:
     """One line per batch on stderr where no progress bar is drawn (logs of long runs)."""
-    if click.get_text_stream("stderr").isatty():
+    from kbsync.output import progress_enabled
+
+    if click.get_text_stream("stderr").isatty() or not progress_enabled():
         return
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
              if k != "type" and isinstance(v, (int, float))}

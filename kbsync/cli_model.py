@@ -1,5 +1,5 @@
 """Commands that touch the model or the store: apply, log, show, audit, ask, rollback,
-export, editors, bench, model. Registered on the `kbsync` group from cli.py; each one
+export, editors, ledger, model. Registered on the `kbsync` group from cli.py; each one
 calls a library function and prints what it returns."""
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 def _printer(as_json: bool):
     """Events as JSON lines on stdout, or short human lines and a progress bar (over the
-    edits to make) on stderr."""
+    edits to make) on stderr. Under `kbsync --quiet` only rejections and recovered runs
+    are printed."""
+    from kbsync.output import progress_enabled
+
     bar = refresh_bar = None
+    quiet = not progress_enabled()
 
     def emit(event: dict) -> None:
         nonlocal bar, refresh_bar
@@ -25,6 +29,13 @@ def _printer(as_json: bool):
             echo_json(event)
             return
         kind = event.get("type")
+        if kind == "rejected":
+            click.echo(printable(f"rejected {event['key']}: gates failed "
+                                 f"({', '.join(event['failed'])})"), err=True)
+        elif kind == "recovered":
+            click.echo(f"recorded interrupted run {event['run_id']}", err=True)
+        if quiet:
+            return
         if kind == "progress" and event.get("phase") == "refresh":
             if refresh_bar is None:
                 from kbsync.cli_sync import refresh_progress
@@ -43,10 +54,7 @@ def _printer(as_json: bool):
             bar.update(event.get("edits", 1))
         elif kind == "summary" and bar is not None:
             bar.close()
-        if kind == "rejected":
-            click.echo(printable(f"rejected {event['key']}: gates failed "
-                                 f"({', '.join(event['failed'])})"), err=True)
-        elif kind == "batch_start":
+        if kind == "batch_start":
             click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
         elif kind == "gates":
             failed = [c["metric"] for c in event["checks"] if not c["passed"]]
@@ -55,8 +63,6 @@ def _printer(as_json: bool):
         elif kind == "commit":
             click.echo(f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})",
                        err=True)
-        elif kind == "recovered":
-            click.echo(f"recorded interrupted run {event['run_id'][:12]}", err=True)
     return emit
 
 
@@ -111,24 +117,29 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
 
 
 @main.command()
+@click.option("-n", "--limit", type=click.IntRange(min=0), metavar="N",
+              help="Only the newest N entries.")
 @json_option
 @pass_env
 @handle_errors
-def log(env: Env, as_json: bool) -> None:
-    """Runs and snapshots, newest first."""
+def log(env: Env, limit: int | None, as_json: bool) -> None:
+    """Runs and snapshots, newest first. Any unique prefix of an id shown here works
+    wherever kbsync takes one (show, rollback, ask --snapshot, export)."""
     from kbsync.history import log as history
 
-    for entry in history(env.project()):
+    entries = history(env.project(), limit=limit)
+    width = max((len(e["short"]) for e in entries), default=12)
+    for entry in entries:
         if as_json:
             echo_json(entry)
         elif entry["kind"] == "snapshot":
             mark = " (HEAD)" if entry["head"] else ""
             extra = f" rollback of {entry['rollback_of'][:12]}" if entry["rollback_of"] else ""
-            click.echo(f"snapshot {entry['id'][:12]}  serial {entry['serial']}  "
+            click.echo(f"snapshot {entry['short']:<{width}}  serial {entry['serial']}  "
                        f"{entry['created_at']}{mark}{extra}")
         else:
-            click.echo(f"run      {entry['id'][:12]}  {entry['command']:<8} {entry['created_at']}"
-                       f"  {entry['outcome'] or 'open'}")
+            click.echo(f"run      {entry['short']:<{width}}  {entry['command']:<8} "
+                       f"{entry['created_at']}  {entry['outcome'] or 'open'}")
 
 
 @main.command()
@@ -137,7 +148,9 @@ def log(env: Env, as_json: bool) -> None:
 @pass_env
 @handle_errors
 def show(env: Env, ref: str, as_json: bool) -> None:
-    """One snapshot (manifest) or run (edits, gate checks, events)."""
+    """One snapshot (manifest) or run (edits, gate checks, events).
+
+    REF: HEAD, a snapshot or run id, or a prefix of one that no other id shares."""
     from kbsync.history import show as history_show
 
     result = history_show(env.project(), ref)
@@ -170,18 +183,37 @@ def audit_verify(env: Env, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("prompt")
+@click.argument("prompts", nargs=-1, metavar="[PROMPT]...")
+@click.option("-f", "--file", "prompt_file", type=click.Path(dir_okay=False, allow_dash=True),
+              metavar="FILE", help="Also ask each line of FILE (blank lines skipped; - for stdin).")
 @click.option("--snapshot", metavar="ID", help="Ask this snapshot instead of HEAD.")
 @click.option("--max-new-tokens", default=12, show_default=True)
 @json_option
 @pass_env
 @handle_errors
-def ask(env: Env, prompt: str, snapshot: str | None, max_new_tokens: int, as_json: bool) -> None:
-    """Greedy answer of the model at HEAD (or --snapshot) to PROMPT."""
-    from kbsync.history import ask as run_ask
+def ask(env: Env, prompts: tuple[str, ...], prompt_file: str | None, snapshot: str | None,
+        max_new_tokens: int, as_json: bool) -> None:
+    """Greedy answers of the model at HEAD (or --snapshot) to each PROMPT, then to each
+    line of FILE, from one model load. --json: one object per prompt, one a line."""
+    from kbsync.history import ask_many, read_prompts
 
-    result = run_ask(env.project(), prompt, snapshot, max_new_tokens)
-    echo_json(result) if as_json else click.echo(f"{prompt}{result['answer'].splitlines()[0]}")
+    asked = list(prompts)
+    if prompt_file:
+        try:
+            text = (click.get_text_stream("stdin").read() if prompt_file == "-"
+                    else env.path(prompt_file).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise KbsyncError(f"{prompt_file} is not UTF-8 text ({err.reason})",
+                              hint="one prompt a line, UTF-8") from err
+        asked += read_prompts(text)
+    if not asked:
+        raise click.UsageError("give a PROMPT or -f FILE")
+    for result in ask_many(env.project(), asked, snapshot, max_new_tokens):
+        if as_json:
+            echo_json(result)
+            continue
+        lines = result["answer"].splitlines()       # model text is escaped, never run
+        click.echo(printable(result["prompt"] + (lines[0] if lines else "")))
 
 
 @main.command()
@@ -226,6 +258,23 @@ def editors(as_json: bool) -> None:
     width = max(map(len, names))       # composite names (lyaplock+alphaedit) are long
     for name, desc in names.items():
         echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<{width}} {desc}")
+
+
+@main.group()
+def ledger() -> None:
+    """The ledger (.kbsync/ledger.db) in other tools."""
+
+
+@ledger.command("datasette-metadata")
+@json_option
+@handle_errors
+def ledger_datasette_metadata(as_json: bool) -> None:
+    """Print the path of kbsync's Datasette metadata (table and column descriptions,
+    canned queries): datasette .kbsync/ledger.db -m "$(kbsync ledger datasette-metadata)"."""
+    from kbsync.history import datasette_metadata_path
+
+    path = datasette_metadata_path()
+    echo_json({"type": "datasette_metadata", "path": str(path)}) if as_json else click.echo(path)
 
 
 @main.group()

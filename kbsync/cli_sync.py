@@ -14,8 +14,12 @@ from kbsync.errors import EXIT_CHANGES
 
 
 def refresh_progress(enabled: bool = True):
-    """A progress callback (done, total) drawing a tqdm bar on stderr (off without a TTY)."""
+    """A progress callback (done, total) drawing a tqdm bar on stderr (off without a TTY
+    and under `kbsync --quiet`)."""
+    from kbsync.output import progress_enabled
+
     bar = None
+    enabled = enabled and progress_enabled()
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
@@ -79,18 +83,21 @@ def watch_command(env: Env, directory: str, debounce: float, polling: bool,
     from kbsync.project import find_project
     from kbsync.sync.watch import watch
 
+    from kbsync.output import progress_enabled
+
     project = find_project(env.path(directory))
+    chatty = progress_enabled()          # the start and stop lines; cycle lines always
 
     def emit(event: dict) -> None:
         if as_json:
             echo_json(event)
-        elif event["type"] == "watching":
+        elif event["type"] == "watching" and chatty:
             extra = f" ({event['fallback']})" if event["fallback"] else ""
             click.echo(f"watching {project.relative(project.facts_dir)} with {event['observer']}"
                        f"{extra}, debounce {event['debounce']:g}s; Ctrl-C to stop", err=True)
         elif event["type"] == "cycle":
             click.echo(printable(cycle_line(event)))   # its message may quote fact text
-        elif event["type"] == "stopped":
+        elif event["type"] == "stopped" and chatty:
             click.echo(f"stopped after {event['cycles']} cycle(s)", err=True)
 
     inner = (lambda event: None) if as_json else _printer(False)

@@ -1,4 +1,5 @@
-"""Reading and moving through what was applied: log, show, audit, ask, rollback, export.
+"""Reading and moving through what was applied: log, show, audit, ask, rollback, export
+(and where the ledger's Datasette metadata lives).
 Each is a library function; the CLI only prints what they return."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from kbsync.errors import IntegrityError, KbsyncError
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import SnapshotStore
+from kbsync.store.snapshots import MIN_PREFIX, SnapshotStore
 
 
 def committed(snapshots: SnapshotStore) -> list[tuple]:
@@ -20,32 +21,89 @@ def committed(snapshots: SnapshotStore) -> list[tuple]:
     return snapshots.history(head) if head else []
 
 
-def log(project) -> list[dict]:
-    """Runs and (committed) snapshots, newest first."""
+SNAPSHOT_ABBREV = 12      # shortest snapshot id `kbsync log` prints (longer where needed)
+
+
+def abbreviations(ids, min_length: int = SNAPSHOT_ABBREV) -> dict[str, str]:
+    """Each id's shortest prefix, at least `min_length` long, that no other id starts
+    with (git's abbreviated hashes). An id's longest common prefix with any other is the
+    one with a neighbour in sorted order, so looking at the neighbours is enough."""
+    ordered = sorted(set(ids))
+    short = {}
+    for i, this in enumerate(ordered):
+        length = min_length
+        for other in ordered[max(i - 1, 0):i] + ordered[i + 1:i + 2]:
+            common = next((n for n, (a, b) in enumerate(zip(this, other)) if a != b),
+                          min(len(this), len(other)))
+            length = max(length, common + 1)
+        short[this] = this[:length]
+    return short
+
+
+def log(project, limit: int | None = None) -> list[dict]:
+    """Runs and (committed) snapshots, newest first; the newest `limit` entries when given.
+
+    Run ids are given in full (they are short, and two runs a minute apart share most of
+    their timestamp); each entry's `short` is the id as `kbsync log` prints it: for a
+    snapshot the shortest prefix of at least 12 hex digits no other snapshot shares, which
+    `show`, `rollback`, `ask --snapshot` and `export` accept."""
+    if limit is not None and limit < 0:
+        raise KbsyncError(f"--limit must be 0 or more, not {limit}")
     snapshots = SnapshotStore(project.kbsync_dir)
     head = snapshots.head()
-    entries = [{"kind": "snapshot", "id": sid, "serial": m.serial, "created_at": m.created_at,
-                "parent": m.parent, "rollback_of": m.rollback_of, "run_id": m.run_id,
-                "editor": m.editor, "head": sid == head}
+    short = abbreviations(snapshots.ids())
+    entries = [{"kind": "snapshot", "id": sid, "short": short.get(sid, sid), "serial": m.serial,
+                "created_at": m.created_at, "parent": m.parent, "rollback_of": m.rollback_of,
+                "run_id": m.run_id, "editor": m.editor, "head": sid == head}
                for sid, m in committed(snapshots)]
     with project.ledger() as ledger:
-        entries += [{"kind": "run", "id": r["run_id"], "created_at": r["started_at"],
-                     "command": r["command"], "outcome": r.get("outcome"),
-                     "editor": r.get("editor")} for r in ledger.runs()]
-    return sorted(entries, key=lambda e: (e["created_at"], e.get("serial", 0)), reverse=True)
+        entries += [{"kind": "run", "id": r["run_id"], "short": r["run_id"],
+                     "created_at": r["started_at"], "command": r["command"],
+                     "outcome": r.get("outcome"), "editor": r.get("editor")}
+                    for r in ledger.runs()]
+    entries.sort(key=lambda e: (e["created_at"], e.get("serial", 0)), reverse=True)
+    return entries if limit is None else entries[:limit]
+
+
+def resolve_ref(project, ref: str) -> tuple[str, str]:
+    """("snapshot" | "run", full id) for HEAD, a full id, or a prefix that exactly one
+    snapshot or run id starts with (like git). An ambiguous prefix is an error naming
+    the candidates; so is one that matches nothing."""
+    snapshots = SnapshotStore(project.kbsync_dir)
+    if ref == "HEAD":
+        return "snapshot", snapshots.resolve(ref)
+    wanted = ref.strip().lower()
+    if not wanted:
+        raise KbsyncError("an empty id names nothing", hint="`kbsync log` lists the ids")
+    is_hex = all(c in "0123456789abcdef" for c in wanted)
+    found = [("snapshot", sid) for sid in snapshots.ids()
+             if is_hex and len(wanted) >= MIN_PREFIX and sid.startswith(wanted)]
+    with project.ledger() as ledger:
+        found += [("run", rid) for (rid,) in ledger.db.execute("SELECT run_id FROM runs")
+                  if rid.lower().startswith(wanted)]
+    exact = [m for m in found if m[1].lower() == wanted]
+    if exact or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        hint = "`kbsync log` lists the ids"
+        if is_hex and len(wanted) < MIN_PREFIX:
+            hint = f"a snapshot prefix needs at least {MIN_PREFIX} hex digits; {hint}"
+        raise KbsyncError(f"no snapshot or run matches {ref!r}", hint=hint)
+    listed = ", ".join(f"{kind} {ident}" for kind, ident in found[:6])
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    raise KbsyncError(f"{ref!r} is ambiguous: it starts {len(found)} ids ({listed}{more})",
+                      hint="give more characters of the id")
 
 
 def show(project, ref: str) -> dict:
-    """One snapshot (manifest) or one run (with its edits, gate checks and events)."""
-    snapshots = SnapshotStore(project.kbsync_dir)
-    try:
-        sid = snapshots.resolve(ref)
-    except KbsyncError:
-        sid = None
-    if sid is not None:
-        return {"kind": "snapshot", "id": sid, **snapshots.read(sid).model_dump()}
+    """One snapshot (manifest) or one run (with its edits, gate checks and events); `ref`
+    as `resolve_ref` takes it."""
+    kind, ident = resolve_ref(project, ref)
+    if kind == "snapshot":
+        return {"kind": "snapshot", "id": ident,
+                **SnapshotStore(project.kbsync_dir).read(ident).model_dump()}
     with project.ledger() as ledger:
-        return {"kind": "run", **ledger.run(ref)}
+        return {"kind": "run", **ledger.run(ident)}
 
 
 def audit_verify(project) -> list[str]:
@@ -73,13 +131,44 @@ def require_clean(project) -> None:
 
 
 def ask(project, prompt: str, snapshot: str | None = None, max_new_tokens: int = 12) -> dict:
+    """The greedy answer of the model at HEAD (or `snapshot`) to one prompt."""
+    return ask_many(project, [prompt], snapshot, max_new_tokens)[0]
+
+
+def ask_many(project, prompts: list[str], snapshot: str | None = None,
+             max_new_tokens: int = 12) -> list[dict]:
+    """Greedy answers to several prompts from one model load, in the prompts' order:
+    [{"prompt", "snapshot", "answer"}, ...]."""
     from kbsync.editing.rebuild import load_at
     from kbsync.lm.score import greedy
 
+    prompts = list(prompts)
+    if not prompts:
+        raise KbsyncError("no prompt to ask", hint="give a PROMPT or -f FILE (one prompt a line)")
     snapshots = SnapshotStore(project.kbsync_dir)
     sid = snapshots.resolve(snapshot) if snapshot else snapshots.head()
     lm, _ = load_at(project, sid, with_editor=False)
-    return {"prompt": prompt, "snapshot": sid, "answer": greedy(lm, [prompt], max_new_tokens)[0]}
+    answers = greedy(lm, prompts, max_new_tokens)
+    return [{"prompt": p, "snapshot": sid, "answer": a} for p, a in zip(prompts, answers)]
+
+
+def read_prompts(text: str) -> list[str]:
+    """Prompts from a file's text: one a line, blank lines skipped, trailing whitespace
+    (and the newline) dropped; leading spaces are part of the prompt."""
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def datasette_metadata_path() -> Path:
+    """The Datasette metadata file shipped with kbsync (kbsync/data/datasette-metadata.yml):
+    descriptions of the ledger's tables and columns and canned queries. Use it as
+    `datasette .kbsync/ledger.db -m PATH`."""
+    from importlib.resources import files
+
+    path = Path(str(files("kbsync") / "data" / "datasette-metadata.yml"))
+    if not path.is_file():
+        raise KbsyncError(f"the Datasette metadata file is missing from kbsync at {path}",
+                          hint="reinstall kbsync")
+    return path
 
 
 def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:

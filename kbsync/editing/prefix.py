@@ -17,6 +17,8 @@ where it stands in its own row.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +86,19 @@ class _Replay(torch.nn.Module):
         return self.output
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_keyword(module) -> str:
+    """The name a model's forward takes its key/value cache under: `cache` since
+    transformers 5.x renamed it (`past_key_values` there warns that it is deprecated),
+    `past_key_values` before."""
+    return _cache_keyword(type(module))
+
+
 class PrefixRunner:
     """Runs the suffix of a SplitBatch over the cached prefix.
 
@@ -104,16 +119,16 @@ class PrefixRunner:
             with torch.no_grad():
                 model.base_model(input_ids=split.prefix_ids,
                                  attention_mask=torch.ones_like(split.prefix_mask),
-                                 position_ids=split.prefix_pos, past_key_values=self.cache,
-                                 use_cache=True)
+                                 position_ids=split.prefix_pos, use_cache=True,
+                                 **{cache_keyword(model.base_model): self.cache})
 
     def _forward(self) -> torch.Tensor:
         s = self.split
         cache = copy.deepcopy(self.cache)
         return self.model.base_model(
             input_ids=s.suffix.input_ids, attention_mask=s.full_mask(),
-            position_ids=s.suffix_pos, past_key_values=cache,
-            use_cache=cache is not None).last_hidden_state
+            position_ids=s.suffix_pos, use_cache=cache is not None,
+            **{cache_keyword(self.model.base_model): cache}).last_hidden_state
 
     def __call__(self) -> torch.Tensor:
         """Last hidden states of the suffix, (B, Q, d)."""

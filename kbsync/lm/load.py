@@ -132,10 +132,32 @@ def pick_dtype(dtype: str, device: str):
             "float16": torch.float16}[dtype]
 
 
+def quiet_libraries() -> None:
+    """Silence transformers' and huggingface_hub's logging (errors only) and their
+    progress bars ("Loading weights ... it/s"): kbsync reports its own progress. Called
+    when kbsync loads a model, never at import, and not under `kbsync --verbose`."""
+    from kbsync.output import VERBOSE, verbosity
+
+    if verbosity() >= VERBOSE:
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:       # an older huggingface_hub: transformers' switch covers its bars
+        return
+    hub_logging.set_verbosity_error()
+    disable_progress_bars()
+
+
 def load_model(spec: str | Path = "default", *, device: str = "auto", dtype: str = "auto",
                allow_pickle: bool = False) -> LoadedModel:
     """device: cpu, cuda, cuda:N, auto, or `map` for device_map="auto" across GPUs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
