@@ -28,7 +28,7 @@ from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
 from kbsync.evaluate.probes import GENERAL_PROMPTS
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.plan.plan import EditRequest, Plan
-from kbsync.recovery import check_fresh, record_committed, recover
+from kbsync.recovery import check_fresh, end_failed_run, record_committed, recover
 from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
@@ -176,8 +176,8 @@ class Scheduler:
             self._abandon()
             raise
         except BaseException as exc:
-            if not isinstance(exc, KeyboardInterrupt):
-                self.ledger.event(self.run_id, "run_failed", error=str(exc)[:500])
+            if not isinstance(exc, KeyboardInterrupt):   # run_failed, or interrupted if HEAD moved
+                end_failed_run(self.project, self.ledger, self.run_id, exc)
             raise
         self.emit(self.result.to_dict())
         if self.result.rejected and not (self.result.applied or self.result.known

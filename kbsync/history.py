@@ -107,7 +107,9 @@ def show(project, ref: str) -> dict:
 
 
 def audit_verify(project) -> list[str]:
-    """Every problem found: the ledger's hash chain, every manifest and object. Empty = clean."""
+    """Every problem found: the ledger's hash chain, its anchors and triggers, every
+    manifest and object, and every committed snapshot the ledger does not know. Empty =
+    clean."""
     snapshots = SnapshotStore(project.kbsync_dir)
     problems = snapshots.verify() + ObjectStore(project.kbsync_dir).verify_all()
     anchors = {}
@@ -120,7 +122,23 @@ def audit_verify(project) -> list[str]:
             anchors[f"snapshot {sid[:12]}"] = manifest.ledger_head
     with project.ledger() as ledger:
         problems += ledger.verify(anchors)
+        problems += _unrecorded_problems(snapshots, ledger)
     return problems
+
+
+def _unrecorded_problems(snapshots: SnapshotStore, ledger) -> list[str]:
+    """Snapshots on HEAD's history with no ledger row, except those of a run still open:
+    killed between its commit point and its rows, which the next run's recovery records."""
+    from kbsync.recovery import unrecorded
+
+    try:
+        missing = unrecorded(snapshots, ledger, full=True)
+    except IntegrityError:
+        return []           # a damaged HEAD or manifest is already among the problems
+    open_runs = {r["run_id"] for r in ledger.open_runs()}
+    return [f"snapshot {sid[:12]} (serial {m.serial}) is on HEAD's history but has no ledger "
+            f"row: HEAD moved and the ledger was never told (run {m.run_id} is not open)"
+            for sid, m in missing if m.run_id is None or m.run_id not in open_runs]
 
 
 def require_clean(project) -> None:
@@ -183,6 +201,9 @@ def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
                               "it was interrupted before its commit point",
                               hint="`kbsync log` lists the snapshots you can roll back to")
         with project.ledger() as ledger:
+            from kbsync.recovery import recover
+
+            recover(project, ledger, lambda event: None)   # the ledger knows HEAD before it moves
             run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
             manifest = snapshots.rollback_manifest(target, run_id=run_id,
                                                    ledger_head=ledger.head_hash())

@@ -1,10 +1,19 @@
-"""Crash safety around a run: refusing a stale saved plan, recording runs that never
-finished, and the one writer of a committed batch's ledger rows (used by the commit and
-by recovery alike, both from the snapshot's manifest)."""
+"""Crash safety around a run: refusing a stale saved plan, reconciling the ledger with
+HEAD, recording runs that never finished, and the one writer of a committed batch's ledger
+rows (used by the commit and by recovery alike, both from the snapshot's manifest).
+
+Invariant: every snapshot on HEAD's history (every snapshot ever committed) has its
+ledger rows. HEAD moves first (the commit point), its rows follow, so a kill, a busy
+ledger or a full disk can leave HEAD ahead of the ledger; `recover`, under the project
+lock before anything else moves HEAD, writes what is missing from the manifests, and a
+run whose HEAD moved ends `run_interrupted` (committed batches stay), never `run_failed`.
+`audit verify` (kbsync.history) names a snapshot on the chain with no ledger row, unless
+its run is still open: that is the crash window, which the next `recover` closes.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kbsync.errors import IntegrityError
 from kbsync.plan.plan import Plan
@@ -28,32 +37,78 @@ def check_fresh(plan: Plan, project) -> None:
                              hint="run `kbsync plan` again")
 
 
+RECOVERED = "committed before its ledger rows were written; recorded by recovery"
+
+
 def recover(project, ledger: Ledger, emit: Callable[[dict], None]) -> list[str]:
-    """Record runs that never finished (killed, crashed) as interrupted.
+    """Reconcile the ledger with HEAD and record runs that never finished (killed,
+    crashed) as interrupted; returns those runs' ids. Call under the project lock.
 
-    A run killed after a commit point (HEAD moved) but before that batch's ledger rows
-    were written leaves a committed snapshot the ledger does not know: its snapshot row
-    and its applied edits (with their pre-edit answers, kept in the manifest's meta) are
-    recorded here first, so history and later removes see what was really applied."""
-    from kbsync.history import committed as committed_snapshots
-
-    open_runs = ledger.open_runs()
-    if not open_runs:               # the usual case: no manifest needs reading
-        return []
-    committed = committed_snapshots(SnapshotStore(project.kbsync_dir))
-    interrupted = []
-    for run in open_runs:
-        run_id = run["run_id"]
-        recorded = {r["snapshot_id"] for r in ledger.rows("snapshots", "run_id = ?", [run_id])}
-        with ledger.transaction():
-            for sid, m in committed:
-                if m.run_id == run_id and sid not in recorded:
-                    record_committed(ledger, sid, m,
-                                     reason="committed before the run was interrupted")
+    Every committed snapshot the ledger lacks gets its rows first (its snapshot row and
+    applied edits with their pre-edit answers, kept in the manifest's meta), so history
+    and later removes see what was really applied. A run that had ended (`run_failed`,
+    by a kbsync before this invariant) but whose snapshot was missing ends
+    `run_recovered`."""
+    outcomes = {r["run_id"]: r["outcome"] for r in ledger.runs()}
+    interrupted = [run_id for run_id, outcome in outcomes.items() if outcome is None]
+    with ledger.transaction():
+        missing = reconcile(SnapshotStore(project.kbsync_dir), ledger)
+        ended = sorted({m.run_id for _, m in missing if outcomes.get(m.run_id) is not None})
+        for run_id in ended:
+            ledger.event(run_id, "run_recovered", detail="HEAD had moved; recovery wrote "
+                         "the ledger rows of its commits",
+                         snapshots=[sid for sid, m in missing if m.run_id == run_id])
+        for run_id in interrupted:
             ledger.event(run_id, "run_interrupted", detail="found unfinished by a later run")
-        interrupted.append(run_id)
+    for run_id in interrupted:
         emit({"type": "recovered", "run_id": run_id})
     return interrupted
+
+
+def unrecorded(store: SnapshotStore, ledger: Ledger, *, full: bool = False
+               ) -> list[tuple[str, Manifest]]:
+    """Snapshots on HEAD's history with no ledger row, oldest first.
+
+    Fast path (not `full`): history is linear, serial = position on it, and only committed
+    snapshots get rows, so when HEAD's row has serial n and the ledger knows n snapshots it
+    knows them all, and no manifest is read. `audit verify` walks the chain (`full`)."""
+    head = store.head()
+    if head is None:
+        return []
+    recorded = {r["snapshot_id"]: r["serial"] for r in ledger.rows("snapshots")}
+    if not full and recorded.get(head) == len(recorded):
+        return []
+    return [(sid, m) for sid, m in store.history(head) if sid not in recorded]
+
+
+def reconcile(store: SnapshotStore, ledger: Ledger) -> list[tuple[str, Manifest]]:
+    """Write the ledger rows of every committed snapshot the ledger lacks; returns them."""
+    missing = unrecorded(store, ledger)
+    with ledger.transaction():
+        for sid, manifest in missing:
+            record_committed(ledger, sid, manifest, reason=RECOVERED)
+    return missing
+
+
+def end_failed_run(project, ledger: Ledger, run_id: str, error: BaseException) -> None:
+    """Record a run that raised. If HEAD names one of its snapshots it committed batches,
+    so it is not `run_failed`: the ledger is reconciled and the run ends `run_interrupted`
+    (the rest is planned again). If the ledger cannot be written now either (still busy,
+    disk still full), the run stays open and the next run's `recover` records it."""
+    store = SnapshotStore(project.kbsync_dir)
+    message = str(error)[:500]
+    try:
+        head = store.head()
+        moved = head is not None and store.read(head).run_id == run_id
+        with ledger.transaction():
+            if moved:
+                reconcile(store, ledger)
+                ledger.event(run_id, "run_interrupted", error=message, snapshot=head,
+                             detail="failed after a commit: its committed batches stay")
+            else:
+                ledger.event(run_id, "run_failed", error=message)
+    except Exception:
+        pass        # the caller re-raises `error`; recovery closes the run later
 
 
 def record_committed(ledger: Ledger, snapshot: str, manifest: Manifest,

@@ -5,6 +5,7 @@
       snapshots/<id>.json  manifests, id = sha256 of the file (snapshots.SnapshotStore)
       HEAD                 the current snapshot id; replacing it is the commit point
       ledger.db            append-only, hash-chained SQLite record (ledger.Ledger)
+      ledger.anchor        the ledger's head, outside it: rows cut off its end show
       lock, lock.info.json project lock (lock.ProjectLock)
 
 Every file is written by `atomic.atomic_write_bytes` (temp, fsync, rename, fsync dir).

@@ -15,13 +15,34 @@ Every row also has `seq` (primary key, global: 1, 2, 3, ... across all tables), 
 (UTC time), `prev_hash` and `row_hash`.
 
 Guarantees:
-- append-only: BEFORE UPDATE / BEFORE DELETE triggers abort any change to a written row;
-  a status change is a new row (the latest row for a fact wins);
+- append-only: BEFORE UPDATE / BEFORE DELETE triggers abort any change to a written row,
+  and a BEFORE INSERT trigger refuses any seq but the next one (so `INSERT OR REPLACE`
+  cannot rewrite a row in place, and no row can be slipped in below the head); a status
+  change is a new row (the latest row for a fact wins). `verify` compares every trigger's
+  SQL with kbsync's (TRIGGERS), so a dropped, altered or same-named no-op trigger is named;
 - tamper-evident: row_hash = sha256(prev_hash + canonical JSON of {"table", "seq", "at",
   and every non-NULL column}), where prev_hash is the previous seq's row_hash (genesis: 64
-  zeros). `verify` recomputes the chain and names the first broken seq and table. Like any
-  hash chain this is evident, not proof: whoever can write the file can rebuild the whole
-  chain, so snapshot manifests anchor `head_hash()` (`ledger_head`) outside the database;
+  zeros). `verify` recomputes the chain and names the first broken seq and table;
+- anchored: a hash chain alone cannot show rows cut off its end, or its newest row
+  rewritten with a fresh hash: whoever can write the file can rebuild the chain. So the
+  ledger's head is kept outside it too, in `ledger.anchor` next to the database (written
+  by kbsync.store.atomic: temp file, fsync, rename, fsync dir), as canonical JSON
+  {"seq", "row_hash", "prev_seq", "prev_hash"}. Each transaction, under SQLite's write lock
+  (so concurrent writers anchor in order), writes it twice: just before its COMMIT
+  *pending* (seq/row_hash = the head being committed, prev = the head before it), and
+  right after the COMMIT *settled* (prev = seq: the committed head alone). The ledger
+  must end exactly at the anchored head, or, while pending, at prev (killed before the
+  COMMIT). `verify` names any other end: rows removed from the end, the newest row
+  rewritten, rows appended by something other than kbsync, a missing or unreadable
+  anchor. Every write checks the anchor at BEGIN and refuses to go on from a ledger that
+  no longer matches it, so kbsync never re-anchors a tampered ledger. Snapshot manifests
+  also keep the head (`ledger_head`, checked by `verify(anchors)`).
+  What it cannot do: whoever rewrites BOTH the database and the anchor file consistently
+  (or deletes both) can still truncate or forge undetected: the anchor raises the bar from
+  "edit one SQLite file" to "edit two files consistently", nothing more. A kill between
+  the two anchor writes of a transaction leaves it pending, and then that one newest
+  transaction could be removed unnoticed, until the next write settles the anchor. A
+  ledger of schema 1 (before anchoring) is anchored at its head, as it is, when opened;
 - atomic and durable: each append, or each `with ledger.transaction():` group, is one
   `BEGIN IMMEDIATE` transaction (WAL, synchronous=FULL), so a kill or a full disk leaves
   whole rows or none, and concurrent writers serialise instead of forking the chain.
@@ -45,16 +66,19 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kbsync.errors import KbsyncError, LockHeld
-from kbsync.store.canonical import NONFINITE_NAMES, canonical_json, sha256_hex, utc_now
+from kbsync.errors import IntegrityError, KbsyncError, LockHeld
+from kbsync.store.atomic import atomic_write_text
+from kbsync.store.canonical import (NONFINITE_NAMES, canonical_json, is_sha256, sha256_hex,
+                                    utc_now)
 
 GENESIS = "0" * 64
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 1: no insert triggers, no anchor file
+ANCHOR_SUFFIX = ".anchor"   # ledger.db -> ledger.anchor
 EDIT_STATUSES = ("planned", "applied", "known", "rejected", "interrupted", "skipped")
 TERMINAL_EVENTS = ("run_committed", "run_failed", "run_interrupted", "run_recovered")
 
@@ -80,11 +104,31 @@ INDEXES = {"runs": [(["run_id"], True)], "edits": [(["fact_key"], False), (["run
 SQL_TYPES = {"text": str, "int": int, "real": float, "bool": int, "json": str}
 
 
+def _trigger_sql(table: str, action: str) -> str:
+    """The CREATE TRIGGER statement, exactly as SQLite keeps it in sqlite_master.sql."""
+    if action == "insert":
+        heads = " UNION ALL ".join(f"SELECT MAX(seq) AS s FROM {t}" for t in SCHEMA)
+        return (f"CREATE TRIGGER {table}_next_seq BEFORE INSERT ON {table} "
+                f"WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(s), 0) + 1 FROM ({heads})) "
+                f"BEGIN SELECT RAISE(ABORT, 'kbsync ledger is append-only: INSERT on {table} "
+                f"must take the next seq'); END")
+    verb = action.upper()
+    return (f"CREATE TRIGGER {table}_no_{action} BEFORE {verb} ON {table} BEGIN SELECT "
+            f"RAISE(ABORT, 'kbsync ledger is append-only: {verb} on {table} refused'); END")
+
+
+# name -> SQL; schema 1 had the update/delete ones (same text), schema 2 adds insert.
+TRIGGERS: dict[str, str] = {
+    f"{table}_{'next_seq' if action == 'insert' else 'no_' + action}": _trigger_sql(table, action)
+    for table in SCHEMA for action in ("update", "delete", "insert")}
+
+
 class Ledger:
     def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 10.0):
         import sqlite_utils
 
         self.path = Path(path)
+        self.anchor_path = self.path.with_suffix(ANCHOR_SUFFIX)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout = busy_timeout
         self._savepoints = 0
@@ -108,9 +152,14 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def transaction(self) -> AbstractContextManager["Ledger"]:
+        """Group appends into one all-or-nothing write; nested groups use savepoints.
+        The outermost group checks the anchor at BEGIN and moves it (module doc)."""
+        return self._transaction(check_anchor=True)
+
     @contextmanager
-    def transaction(self) -> Iterator["Ledger"]:
-        """Group appends into one all-or-nothing write; nested groups use savepoints."""
+    def _transaction(self, *, check_anchor: bool, new: bool = False) -> Iterator["Ledger"]:
+        """`new`: the tables do not exist yet (schema creation), so the head is genesis."""
         conn = self.db.conn
         if conn.in_transaction:
             name = f"kbsync_{self._savepoints}"
@@ -127,12 +176,16 @@ class Ledger:
             return
         self._busy_as_lock_held(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
+            before = (0, GENESIS) if new else self._begin_anchored(check_anchor)
             yield self
+            pending = self._write_anchor(before)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if pending:
+            self._settle_anchor(pending)
 
     # -- writing -------------------------------------------------------------------------
     def append(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +312,22 @@ class Ledger:
             if anchor != GENESIS and anchor not in hashes:
                 problems.append(f"{label}: ledger head {anchor[:12]} is no longer in the ledger "
                                 f"(rows were removed from its end)")
-        return problems + self._trigger_problems()
+        anchored = self._anchor_problem()
+        return problems + ([anchored] if anchored else []) + self._trigger_problems()
+
+    def anchor(self) -> dict[str, Any] | None:
+        """The anchor file's content (module doc), or None when there is none."""
+        try:
+            text = self.anchor_path.read_text(encoding="utf-8")
+            anchor = json.loads(text)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise IntegrityError(f"ledger anchor {self.anchor_path} is unreadable: {exc}") from None
+        if not _is_anchor(anchor):
+            raise IntegrityError(f"ledger anchor {self.anchor_path} is not an anchor: "
+                                 f"{text[:120]!r}")
+        return anchor
 
     # -- internals -----------------------------------------------------------------------
     def _ensure_schema(self) -> None:
@@ -269,22 +337,112 @@ class Ledger:
                               f"reads up to {SCHEMA_VERSION}", hint="upgrade kbsync")
         if version == SCHEMA_VERSION:
             return  # never re-create dropped triggers silently: verify must report them
-        with self.transaction():
-            for table, columns in SCHEMA.items():
-                cols = {"seq": int, "at": str,
-                        **{c: SQL_TYPES[t] for c, t in columns.items()},
-                        "prev_hash": str, "row_hash": str}
-                self.db.table(table).create(cols, pk="seq", not_null=["at", "prev_hash", "row_hash",
-                                                                *NOT_NULL[table]],
-                                      if_not_exists=True)
-                for index_cols, unique in INDEXES[table]:
-                    self.db.table(table).create_index(index_cols, unique=unique, if_not_exists=True)
-                for action in ("UPDATE", "DELETE"):
-                    self.db.execute(
-                        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} "
-                        f"BEFORE {action} ON {table} BEGIN SELECT RAISE(ABORT, "
-                        f"'kbsync ledger is append-only: {action} on {table} refused'); END")
+        # A new ledger, or one of schema 1, is anchored here; an anchor already there is
+        # checked as on every write (a new ledger's may only name genesis).
+        if version == 0:
+            self._refuse_replaced_ledger()
+        with self._transaction(check_anchor=self.anchor_path.exists(), new=version == 0):
+            if version == 0:
+                self._create_tables()
+            for table in SCHEMA:
+                self.db.execute(TRIGGERS[f"{table}_next_seq"])
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _create_tables(self) -> None:
+        for table, columns in SCHEMA.items():
+            cols = {"seq": int, "at": str, **{c: SQL_TYPES[t] for c, t in columns.items()},
+                    "prev_hash": str, "row_hash": str}
+            self.db.table(table).create(cols, pk="seq", not_null=["at", "prev_hash", "row_hash",
+                                                                  *NOT_NULL[table]],
+                                        if_not_exists=True)
+            for index_cols, unique in INDEXES[table]:
+                self.db.table(table).create_index(index_cols, unique=unique, if_not_exists=True)
+            for action in ("update", "delete"):
+                self.db.execute(TRIGGERS[f"{table}_no_{action}"])
+
+    def _refuse_replaced_ledger(self) -> None:
+        anchor = self.anchor()
+        if anchor is not None and anchor["seq"] != 0:
+            raise IntegrityError(f"ledger {self.path} is empty, but its anchor names seq "
+                                 f"{anchor['seq']}: the ledger was deleted or replaced",
+                                 hint="restore ledger.db from a backup")
+
+    # -- the anchor ----------------------------------------------------------------------
+    def _begin_anchored(self, check: bool) -> tuple[int, str]:
+        """The head at BEGIN, after checking that it is the anchored one."""
+        problem = self._anchor_problem() if check else None
+        if problem:
+            raise IntegrityError(f"ledger {self.path} no longer matches its anchor, so kbsync "
+                                 f"will not write to it: {problem}",
+                                 hint="`kbsync audit verify` lists every problem")
+        return self._head()
+
+    def _write_anchor(self, before: tuple[int, str]) -> tuple[int, str] | None:
+        """Before COMMIT: anchor the head being committed, with `before` as pending prev.
+        Returns that head when it is pending (rows were appended), else None."""
+        head = self._head()
+        if head != before:
+            self._store_anchor(head, before)
+            return head
+        if not self.anchor_path.exists():      # a new ledger: anchored at genesis
+            self._store_anchor(head, head)
+        return None
+
+    def _settle_anchor(self, head: tuple[int, str]) -> None:
+        """After COMMIT: the anchor names `head` alone, so the rows just committed cannot be
+        removed as if they had never been committed. Under the write lock again, and only if
+        no writer came in between (its own anchor supersedes this one). A failure here
+        leaves the anchor pending, which `verify` accepts: the rows are committed."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return
+        try:
+            anchor = self.anchor()
+            if anchor and (anchor["seq"], anchor["row_hash"]) == head == self._head():
+                self._store_anchor(head, head)
+        except (OSError, IntegrityError):
+            pass
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _store_anchor(self, head: tuple[int, str], prev: tuple[int, str]) -> None:
+        atomic_write_text(self.anchor_path, canonical_json(
+            {"seq": head[0], "row_hash": head[1], "prev_seq": prev[0], "prev_hash": prev[1]})
+            + "\n")
+
+    def _anchor_problem(self) -> str | None:
+        """Why the ledger does not end at its anchored head (module doc), or None."""
+        try:
+            anchor = self.anchor()
+        except IntegrityError as exc:
+            return exc.message
+        if anchor is None:
+            return (f"ledger anchor {self.anchor_path.name} is missing: the ledger's end "
+                    f"cannot be checked (it was deleted, or the ledger copied without it)")
+        head = self._head()
+        if head in ((anchor["seq"], anchor["row_hash"]), (anchor["prev_seq"], anchor["prev_hash"])):
+            return None
+        seq, want = anchor["seq"], anchor["row_hash"]
+        have = self._row_hash_at(seq)
+        if have is None:
+            return (f"ledger anchor: seq {seq} ({want[:12]}) is no longer in the ledger, which "
+                    f"ends at seq {head[0]}: rows were removed from its end")
+        if have != want:
+            return (f"ledger anchor: seq {seq} has row_hash {have[:12]}, anchored as "
+                    f"{want[:12]}: the row was rewritten")
+        return (f"ledger anchor: rows {seq + 1}..{head[0]} come after the anchored head: they "
+                f"were written by something other than kbsync")
+
+    def _row_hash_at(self, seq: int) -> str | None:
+        if seq == 0:
+            return GENESIS
+        for table in SCHEMA:
+            row = self.db.execute(f"SELECT row_hash FROM {table} WHERE seq = ?", [seq]).fetchone()
+            if row:
+                return row[0]
+        return None
 
     def _busy_as_lock_held(self, start: Callable[[], Any]) -> Any:
         # busy_timeout already waited; past it, another writer holds the ledger too long.
@@ -312,11 +470,20 @@ class Ledger:
         return sorted(rows, key=lambda item: (item[0], item[1]))
 
     def _trigger_problems(self) -> list[str]:
-        present = {r["name"] for r in self.db.query(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-        return [f"append-only trigger {table}_no_{action} is missing"
-                for table in SCHEMA for action in ("update", "delete")
-                if f"{table}_no_{action}" not in present]
+        """Missing, altered (same name, other SQL) and foreign triggers on ledger tables."""
+        present = {r["name"]: (r["tbl_name"], " ".join((r["sql"] or "").split()))
+                   for r in self.db.query(
+                       "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")}
+        problems = []
+        for name, sql in TRIGGERS.items():
+            if name not in present:
+                problems.append(f"append-only trigger {name} is missing")
+            elif present[name][1] != sql:
+                problems.append(f"append-only trigger {name} was changed: its SQL is not "
+                                f"kbsync's")
+        problems += [f"trigger {name} on {table} is not kbsync's" for name, (table, _)
+                     in present.items() if name not in TRIGGERS and table in SCHEMA]
+        return problems
 
     def _outcomes(self) -> dict[str, str]:
         outcomes: dict[str, str] = {}
@@ -348,6 +515,12 @@ def row_hash(table: str, row: dict[str, Any], prev_hash: str) -> str:
     content = {"table": table, "seq": row["seq"], "at": row["at"]}
     content.update({c: row[c] for c in SCHEMA[table] if row.get(c) is not None})
     return sha256_hex((prev_hash + canonical_json(content)).encode("utf-8"))
+
+
+def _is_anchor(value: Any) -> bool:
+    return (isinstance(value, dict)
+            and all(type(value.get(k)) is int and value[k] >= 0 for k in ("seq", "prev_seq"))
+            and all(is_sha256(value.get(k)) for k in ("row_hash", "prev_hash")))
 
 
 def _check_table(table: str) -> None:
