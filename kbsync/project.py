@@ -49,6 +49,14 @@ class Project:
         except sqlite3.DatabaseError as err:
             raise corrupt_ledger(err, path) from None
 
+    def snapshots(self):
+        """The project's snapshot store (kbsync.store.snapshots.SnapshotStore), its objects
+        at `.objects`: what kbsync.editing.rebuild replays a snapshot from, so the editing
+        layer needs no import of the store."""
+        from kbsync.store.snapshots import SnapshotStore
+
+        return SnapshotStore(self.kbsync_dir)
+
     @cached_property
     def config(self) -> Config:
         """The settings, with their paths absolute (relative ones name files of the project)."""

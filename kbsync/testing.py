@@ -63,7 +63,7 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4) -> LoadedModel:
     return LoadedModel(model, tokenizer, Path("."), weights_fingerprint(model))
 
 
-# hyperparameters that fit a 4-layer, 64-wide random model (DESIGN.md §9: tiny models).
+# hyperparameters that fit a 4-layer, 64-wide random model (tests use these tiny models).
 # Measured on all six families: a single-token edit becomes top-1 with these. Random
 # keys are nearly isotropic, so AlphaEdit needs a high relative threshold and a small α
 # (its keys are ~100x smaller than a trained model's). Their statistics read the

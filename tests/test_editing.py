@@ -6,7 +6,7 @@ import torch
 from kbsync.editing.patch import WeightPatch
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 from kbsync.lm import arch
 from kbsync.lm.score import kl_per_row, next_token_logprobs, target_nll
 from kbsync.testing import FAMILIES, TINY_HPARAMS, tiny_model, tiny_tokenizer

@@ -15,7 +15,7 @@ from kbsync.editing.nmke import neuron_mask, neuron_scores
 from kbsync.editing.patch import WeightPatch
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 from kbsync.errors import EditorError
 from kbsync.lm import arch
 from kbsync.lm.score import target_nll

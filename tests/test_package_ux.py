@@ -114,7 +114,7 @@ def test_prefix_cache_passes_the_cache_by_the_name_transformers_takes():
     from kbsync.editing.prefix import PrefixRunner, cache_keyword, split_at_subject
     from kbsync.editing.request import EditSpec
     from kbsync.editing.targets import _rows
-    from kbsync.editing.tokens import encode
+    from kbsync.lm.tokens import encode
     from kbsync.testing import tiny_model
 
     lm = tiny_model("llama")

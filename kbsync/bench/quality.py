@@ -1,5 +1,6 @@
 """`kbsync bench quality`: N sequential edits from CounterFact or zsRE in batches of B,
-all scored after the last batch against the unedited model (editors.md §12.1).
+all scored after the last batch against the unedited model (the sequential protocol of
+AlphaEdit, arXiv 2410.02355, and ENCORE, arXiv 2502.01636).
 
 With `trace`, each batch is followed by the efficacy of the first `trace` edits made so far
 and the perplexity drift: how the earliest edits and the model hold up as edits accumulate

@@ -9,11 +9,12 @@ import time
 
 def load_bench_model(model: str, device: str):
     from kbsync.bench.shapes import load_shape_model
+    from kbsync.editing.side.memory import attach_memory_tensors
     from kbsync.lm.load import load_model
 
     if model.endswith("-shape"):
         return load_shape_model(model, device)
-    return load_model(model, device=device)
+    return load_model(model, device=device, attach_memory=attach_memory_tensors)
 
 
 def timed_statistics(editor, lm) -> float:

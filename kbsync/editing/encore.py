@@ -1,4 +1,4 @@
-"""ENCORE (Gupta et al. 2025, arXiv 2502.01636; editors.md §4): Early stopping and
+"""ENCORE (Gupta et al. 2025, arXiv 2502.01636): Early stopping and
 Norm-Constrained Robust knowledge Editing. MEMIT with
 
 * MPES, most-probable early stopping of the target optimisation: a request's δ is frozen

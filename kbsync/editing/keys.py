@@ -10,7 +10,7 @@ import torch
 
 from kbsync.editing.hooks import capture_block_output, capture_mlp_inputs, run
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 
 CHUNK = 128   # sequences per forward pass
 

@@ -1,4 +1,4 @@
-"""LyapLock (Wang et al. EMNLP 2025, arXiv 2505.15702; editors.md §5): sequential editing
+"""LyapLock (Wang et al. EMNLP 2025, arXiv 2505.15702): sequential editing
 as a long-term constrained program, "keep the average preservation loss PL below a budget
 D", turned by Lyapunov optimisation into one closed-form solve per step whose preservation
 weight a·Z·λ grows with the violation accumulated so far.

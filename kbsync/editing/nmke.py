@@ -1,4 +1,4 @@
-"""NMKE (Liu et al., NeurIPS 2025, arXiv 2510.22139; editors.md §7): AlphaEdit whose update
+"""NMKE (Liu et al., NeurIPS 2025, arXiv 2510.22139): AlphaEdit whose update
 touches only the FFN neurons that matter for the batch, so sequential edits stop
 perturbing every neuron of the edited projection.
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbsync.editing.tokens import Batch
+from kbsync.lm.tokens import Batch
 from kbsync.lm import arch
 
 

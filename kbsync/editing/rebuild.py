@@ -1,24 +1,26 @@
 """The model and editor memory of a snapshot: the base model plus every patch along the
 snapshot's chain, root first; the editor's state is the fold of `accept` over the same
-patches. Rebuilt exactly, whatever process made them."""
+patches. Rebuilt exactly, whatever process made them.
+
+The editing layer does not import the store (layers point down: tests/test_layers.py); the
+project passed in brings its snapshots (`project.snapshots()`, a SnapshotStore)."""
 
 from __future__ import annotations
 
 from kbsync.editing.patch import load_patch
 from kbsync.editing.registry import make_editor
+from kbsync.editing.side.memory import attach_memory_tensors
 from kbsync.errors import IntegrityError
 from kbsync.lm.load import load_model
-from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import SnapshotStore
 
 
 def load_at(project, snapshot_id: str | None, *, with_editor: bool = True):
     """(lm, editor) for a snapshot (None: the base model). The editor is the snapshot's
     (or the config's, at the base) with its memory restored."""
     cfg = project.config
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
-    snapshots = SnapshotStore(project.kbsync_dir)
-    objects = ObjectStore(project.kbsync_dir)
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle,
+                    attach_memory=attach_memory_tensors)
+    snapshots = project.snapshots()
     chain = snapshots.chain(snapshot_id) if snapshot_id else []
     if chain and chain[-1].base_model != lm.fingerprint:
         raise IntegrityError(f"snapshot {snapshot_id[:12]} was made on base model "
@@ -29,7 +31,7 @@ def load_at(project, snapshot_id: str | None, *, with_editor: bool = True):
     for manifest in chain:
         if manifest.patch is None:
             continue
-        patch = load_patch(objects.get_tensors(manifest.patch))
+        patch = load_patch(snapshots.objects.get_tensors(manifest.patch))
         patch.apply(lm.model)
         if editor is not None and manifest.editor == editor.name:
             editor.accept(patch)

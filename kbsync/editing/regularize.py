@@ -1,5 +1,6 @@
-"""RECT and PRUNE (editors.md §10): regularisers of any weight editor's update, switched on
-by `regularizer: rect|prune` in the hparams (or the names `memit+rect`, `alphaedit+prune`).
+"""RECT (arXiv 2401.04700) and PRUNE (arXiv 2405.16821): regularisers of any weight
+editor's update, switched on by `regularizer: rect|prune` in the hparams (or the names
+`memit+rect`, `alphaedit+prune`).
 
 `step` is the one hook point: the shared loop (base.py) calls it right after each layer's
 solve, so every locate-then-edit editor gets them, and the later layers of MEMIT's spread

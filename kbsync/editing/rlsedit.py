@@ -7,10 +7,10 @@ solve, as in a MEMIT that remembers all of them, but C is updated by Woodbury,
     F = C_{t-1} K,  S = I + KᵀF,  C_t = C_{t-1} − F S⁻¹ Fᵀ,  Δ = R (C_t K)ᵀ = R (F S⁻¹)ᵀ
 
 at O(d_in² n) per turn whatever the history; R is MEMIT's residual spread over the layers
-(the innovation form, scale-editors.md §4.5). The patch carries the batch's keys; C is
-folded from them in `remember`, so a rebuilt chain has the same C bit for bit: a fold
-waits, turn by turn, for C₀, which needs the model's statistics and is formed at the next
-edit (editing/stats.py)."""
+(the innovation form; the released code subtracts KᵀW once more from a V that is already
+the residual). The patch carries the batch's keys; C is folded from them in `remember`,
+so a rebuilt chain has the same C bit for bit: a fold waits, turn by turn, for C₀, which
+needs the model's statistics and is formed at the next edit (editing/stats.py)."""
 
 from __future__ import annotations
 

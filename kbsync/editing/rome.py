@@ -1,4 +1,4 @@
-"""ROME (Meng et al. 2022; editors.md §2.2): a rank-one edit of one MLP out-projection.
+"""ROME (Meng et al. 2022, arXiv 2202.05262): a rank-one edit of one MLP out-projection.
 
 With k* the subject's last-token key (the MLP input, averaged over the context templates
 by the front end), C the keys' second moment and r = v* − W k* the change of the layer's

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from kbsync.editing.hooks import capture_mlp_inputs, run
-from kbsync.editing.tokens import Batch
+from kbsync.lm.tokens import Batch
 from kbsync.errors import EditorError
 from kbsync.lm.load import cache_dir
 

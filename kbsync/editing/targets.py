@@ -24,7 +24,7 @@ from kbsync.editing.forcing import Forcing
 from kbsync.editing.hooks import capture_block_output, capture_mlp_output, shift_block_output
 from kbsync.editing.prefix import PrefixRunner, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 from kbsync.lm.score import kl_per_row
 
 KL_TEMPLATE = "{subject} is a"

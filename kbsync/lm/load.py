@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from kbsync.errors import ModelError
 
@@ -154,8 +155,14 @@ def quiet_libraries() -> None:
 
 
 def load_model(spec: str | Path = "default", *, device: str = "auto", dtype: str = "auto",
-               allow_pickle: bool = False) -> LoadedModel:
-    """device: cpu, cuda, cuda:N, auto, or `map` for device_map="auto" across GPUs."""
+               allow_pickle: bool = False,
+               attach_memory: Callable[[object, dict], None] | None = None) -> LoadedModel:
+    """device: cpu, cuda, cuda:N, auto, or `map` for device_map="auto" across GPUs.
+
+    attach_memory(model, tensors) routes in the side memory (GRACE, WISE, CASE) an export
+    wrote next to the weights (MEMORY_FILE); the editing layer owns memories, so its
+    callers pass kbsync.editing.side.memory.attach_memory_tensors (kbsync.load_model does).
+    Without it the model is the weights alone: the memory file is not read."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -174,9 +181,8 @@ def load_model(spec: str | Path = "default", *, device: str = "auto", dtype: str
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if (path / MEMORY_FILE).exists():     # exported by a side-memory editor (GRACE, WISE, CASE)
+    if attach_memory is not None and (path / MEMORY_FILE).exists():
         from safetensors.torch import load_file
 
-        from kbsync.editing.side.memory import attach_memory_tensors
-        attach_memory_tensors(model, load_file(path / MEMORY_FILE))
+        attach_memory(model, load_file(path / MEMORY_FILE))
     return LoadedModel(model, tokenizer, path, file_fingerprint(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.tokens import encode
+from kbsync.lm.tokens import encode
 
 CHUNK = 64
 

@@ -2,11 +2,12 @@
 facts' content really changed.
 
 Kept apart from the observer so each piece can be tested with synthetic events and a fake
-clock. The rules follow how editors save (reference/tooling.md §4.3): we watch the
-folder, never a file, because an atomic save replaces the file by a rename (the watched
-inode never sees "modified") and Vim renames the original away first; temp, swap and
-backup files are ignored by name; and since watchdog 7 matches glob patterns against the
-whole path, we filter by name ourselves instead of with `PatternMatchingEventHandler`.
+clock. The rules follow how editors save (watchdog's README, "About using watchdog with
+editors like Vim"; vim/vim#15733): we watch the folder, never a file, because an atomic
+save replaces the file by a rename (the watched inode never sees "modified") and Vim
+renames the original away first; temp, swap and backup files are ignored by name; and
+since watchdog 7 matches glob patterns against the whole path, we filter by name ourselves
+instead of with `PatternMatchingEventHandler`.
 """
 
 from __future__ import annotations

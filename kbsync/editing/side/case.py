@@ -1,7 +1,8 @@
 """CASE ("Conflict-assessed Knowledge-sensitive Neuron Tuning for Lifelong Model Editing",
-WWW 2026), RECONSTRUCTED: no paper text or code could be found (editors.md §6 lists what
-press summaries attest). What is built here follows the two named parts and the reported
-budget (< 1 MB of extra parameters after 1,000 edits); every detail below is our design.
+WWW 2026), RECONSTRUCTED: no paper text, arXiv id or code could be found, only press
+summaries (reportify.ai/social-media/788238674014682, eu.36kr.com/en/p/3740793549979651).
+What is built here follows the two named parts and the reported budget (< 1 MB of extra
+parameters after 1,000 edits); every detail below is our design.
 
 Memory at one layer's MLP out-projection, made of subspaces. A subspace s is a set of FFN
 neurons N_s with new output columns C_s (k_s, d_out): a token routed to s gets
@@ -36,7 +37,7 @@ from kbsync.editing.side.grace import label_of
 from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.router import nearest_within
 from kbsync.editing.side.train import build_rows, fit, layer_states, memory_off
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 
 PAD = -1
 

@@ -1,4 +1,4 @@
-"""GRACE (Hartvigsen et al., NeurIPS 2023; editors.md §9): a codebook at one layer's MLP
+"""GRACE (Hartvigsen et al., NeurIPS 2023, arXiv 2211.11031): a codebook at one layer's MLP
 out-projection. An entry is (key, value, radius): a token whose input lies within an
 entry's radius of its key gets the entry's value as the layer's output; every other token
 is untouched. Keys are the input at the prompt's last token.

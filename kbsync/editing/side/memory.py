@@ -12,6 +12,7 @@ model (gates, ask, export, evaluation) sees the routed forward."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import ClassVar
 
 import torch
@@ -89,12 +90,24 @@ class SideMemory:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def memory_kinds() -> dict[str, type[SideMemory]]:
-    from kbsync.editing.side.case import CaseMemory
-    from kbsync.editing.side.grace import GraceMemory
-    from kbsync.editing.side.wise import WiseMemory
+# kind -> "module:Class", imported on first use: this module is the kinds' base, so it
+# names them rather than importing them (no import cycle; see tests/test_layers.py)
+KINDS: dict[str, str] = {
+    "grace": "kbsync.editing.side.grace:GraceMemory",
+    "wise": "kbsync.editing.side.wise:WiseMemory",
+    "case": "kbsync.editing.side.case:CaseMemory",
+}
 
-    return {cls.kind: cls for cls in (GraceMemory, WiseMemory, CaseMemory)}
+
+def memory_kinds() -> dict[str, type[SideMemory]]:
+    kinds = {}
+    for kind, where in KINDS.items():
+        module, name = where.split(":")
+        cls = getattr(import_module(module), name)
+        if cls.kind != kind:
+            raise TypeError(f"{where} is kind {cls.kind!r}, but KINDS names it {kind!r}")
+        kinds[kind] = cls
+    return kinds
 
 
 def attached(model) -> dict[tuple[str, int], SideMemory]:

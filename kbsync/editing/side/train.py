@@ -20,7 +20,7 @@ from kbsync.editing.forcing import Forcing
 from kbsync.editing.hooks import capture_mlp_inputs, run
 from kbsync.editing.prefix import PrefixRunner, SplitBatch, split_at_subject, to_device
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode, render
+from kbsync.lm.tokens import encode, render
 from kbsync.lm import arch
 
 KEYS = ("subject", "prompt")

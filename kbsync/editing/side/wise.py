@@ -1,4 +1,4 @@
-"""WISE (Wang et al., NeurIPS 2024; editors.md §8): a side copy of one layer's MLP
+"""WISE (Wang et al., NeurIPS 2024, arXiv 2405.14768): a side copy of one layer's MLP
 out-projection W, W' = W + Δ, used for a token only when the router says so.
 
   route: a token uses W' where its activation score ‖x Δᵀ‖ exceeds ε, with
@@ -48,7 +48,7 @@ from kbsync.editing.side.base import SideEditor
 from kbsync.editing.side.memory import SideMemory
 from kbsync.editing.side.train import build_rows, fit, layer_inputs, memory_off
 from kbsync.editing.stats import MomentCache
-from kbsync.editing.tokens import render
+from kbsync.lm.tokens import render
 from kbsync.lm import arch
 
 UNRELATED = Path(__file__).resolve().parents[2] / "data" / "unrelated.txt"
