@@ -21,18 +21,22 @@ def load(path: Path) -> dict:
 def plot(runs: list[dict], target: Path) -> None:
     from kbsync.report.plots import figure
 
-    fig = figure(11, 4)
-    first, drift = fig.subplots(1, 2)
+    fig = figure(15, 4)
+    first, local, drift = fig.subplots(1, 3)
     for run in runs:
         done = [point["done"] for point in run["trace"]]
         label = f"{run['editor']} (batch {run['batch']})"
         first.plot(done, [point["efficacy_first"] for point in run["trace"]], label=label)
         drift.plot(done, [point["ppl_drift"] for point in run["trace"]], label=label)
+        if all("locality_first" in point for point in run["trace"]):   # traced since issue 18
+            local.plot(done, [point["locality_first"] for point in run["trace"]], label=label)
     first.set(title="efficacy of the first edits", xlabel="edits made", ylabel="efficacy",
               ylim=(-0.02, 1.02))
+    local.set(title="locality of their neighbours", xlabel="edits made",
+              ylabel="top-1 unchanged", ylim=(-0.02, 1.02))
     drift.set(title="perplexity drift", xlabel="edits made", ylabel="ppl / ppl(base) − 1")
     drift.set_yscale("symlog", linthresh=0.1)
-    for ax in (first, drift):
+    for ax in (first, local, drift):
         ax.grid(alpha=0.3)
     first.legend(fontsize=8)
     fig.savefig(target, format="png")

@@ -23,7 +23,10 @@ SPECS = [EditSpec("The river {subject}", "Danube", "American"),
 NEXT = [EditSpec("The mountain {subject}", "Everest", "University")]
 UNRELATED = "He was born in the city of"
 # fits a 4-layer 64-wide random model: its features are ~100x smaller than a trained one's
-TINY_ULTRA = {"layers": [1, 2], "eta": 0.05, "iterations": 3, "warmup": 50, "chunk": 2}
+# (measured: every family's three edits top-1; the unrelated prompt's KL 0.023, against
+# 0.44 at η = 0.01, where a solved request's unit-scale gradient overshoots)
+TINY_ULTRA = {"layers": [1, 2], "eta": 0.002, "iterations": 6, "warmup": 50, "chunk": 2,
+              "stop_solved": True}
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")
 
@@ -128,14 +131,15 @@ def test_nas_rescales_to_the_anchor_and_drops_the_outliers():
 
 def test_gradient_features_are_the_weight_gradient_and_do_not_depend_on_chunking():
     lm = tiny_model("llama")
-    feats = gradient_features(lm, SPECS, [1, 2], chunk=16)
-    one = gradient_features(lm, SPECS, [1, 2], chunk=1)
-    for layer in (1, 2):
+    feats = gradient_features(lm, SPECS, [1, 3], chunk=16)
+    one = gradient_features(lm, SPECS, [1, 3], chunk=1)
+    for layer in (1, 3):
         torch.testing.assert_close(feats.keys[layer], one.keys[layer])
         torch.testing.assert_close(feats.grads[layer], one.grads[layer])
-    # Σ g xᵀ over the supervised positions is ∂loss/∂W, as autograd computes it
-    from kbsync.editing.tokens import encode
-    weight = arch.weight_of(lm.model, 2)
+    # at the top block an output reaches only its own position's logits, so there Σ g xᵀ
+    # over the supervised positions is the whole ∂loss/∂W, as autograd computes it
+    from kbsync.lm.tokens import encode
+    weight = arch.weight_of(lm.model, 3)
     weight.requires_grad_(True)
     try:
         total = 0.0
@@ -147,8 +151,8 @@ def test_gradient_features_are_the_weight_gradient_and_do_not_depend_on_chunking
         (expected,) = torch.autograd.grad(total, [weight])
     finally:
         weight.requires_grad_(False)
-    torch.testing.assert_close(feats.grads[2].T @ feats.keys[2], expected, rtol=1e-4, atol=1e-5)
-    assert feats.tokens == feats.keys[2].shape[0]
+    torch.testing.assert_close(feats.grads[3].T @ feats.keys[3], expected, rtol=1e-4, atol=1e-5)
+    assert feats.tokens == feats.keys[3].shape[0]
 
 
 def test_subject_positions_read_one_row_per_request():
@@ -268,12 +272,12 @@ def test_rlsedit_edits_and_a_rebuilt_chain_gives_the_same_next_edit():
     lm = tiny_model("llama")
     ed = make_editor("rlsedit", lm.model.config, TINY_HPARAMS)
     patches = []
-    for spec in SPECS[:2]:
+    for spec in (SPECS[0], EditSpec("The lake {subject}", "Geneva", "British")):
         patch = ed.edit(lm, [spec])
         patch.apply(lm.model)
         ed.accept(patch)
         patches.append(WeightPatch.from_tensors(patch.tensors()))
-    assert target_nll(lm, [SPECS[1].text], [SPECS[1].target])[1].all()
+    assert target_nll(lm, ["The lake Geneva"], ["British"])[1].all()
     rebuilt = make_editor("rlsedit", lm.model.config, TINY_HPARAMS)
     for patch in patches:              # as editing/rebuild.py folds a chain: no model at hand
         rebuilt.accept(patch)

@@ -27,6 +27,7 @@ from kbsync.evaluate.drift import BENCH_PASSAGES, reference_text
 from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
 from kbsync.lm import arch
 from kbsync.lm.score import next_token_top1, perplexity
+from kbsync.output import progress_enabled
 
 EXACT_MATCH_CASES = 1000     # greedy decoding is the slowest score: the first 1,000 cases
 from kbsync.report.norms import frobenius_norm
@@ -93,7 +94,7 @@ def run_quality(editor: str, dataset: str, edits: int, batch: int, *, seed: int 
     run_start = progress.done
 
     bar = tqdm(total=len(cases), initial=progress.done, desc=f"{editor} edits", unit="edit",
-               disable=None)
+               disable=None if progress_enabled() else True)
     every = trace_every or batch
     for start in range(progress.done, len(cases), batch):
         t0 = time.perf_counter()

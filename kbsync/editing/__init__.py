@@ -1,0 +1,19 @@
+"""Editors: turn edit requests into weight patches (or side-memory patches).
+
+Data flow, one batch:  requests -> front end (target vectors and keys: targets.py, keys.py;
+or gradient features: gradients.py) -> solve (one file per editor) -> patch (patch.py)
+-> accept (the editor folds the patch's state update into its memory).
+
+Adding an editor:
+1. its own module: a class with `name`, `hp`, `last_stats`, `clock`, `weight_layers`,
+   `covariances(lm)`, `solve_flops(d_in, n)`, `edit(lm, specs) -> patch`,
+   `accept(patch)`, `state_dict()` / `load_state_dict()`; a locate-then-edit editor
+   subclasses `base.LocateThenEdit` and writes only `solve` (and its memory, if any);
+2. `hparams/<name>.yaml`: defaults, then per family and per model;
+3. one line in `registry.EDITORS` (name -> "module:Class", summary), which keeps
+   `kbsync plan` from importing torch;
+4. its tests: an edit lands on the tiny models of every family, an unrelated prompt
+   barely moves, state save/load and a rebuilt chain give identical next edits, and its
+   solve against the closed form on random float64 matrices (tests/test_editors_scale.py
+   is the latest example).
+"""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from kbsync.editing.request import EditSpec
-from kbsync.editing.tokens import encode
+from kbsync.lm.tokens import encode
 from kbsync.lm import arch
 
 
@@ -29,6 +29,8 @@ class Features:
     tokens: int                      # N: supervised positions over the batch
     sequence_tokens: int             # tokens fed forward (for the speed floor)
     loss: float                      # summed target cross-entropy before the edit
+    owner: torch.Tensor              # (N,) which request each row belongs to
+    solved: list[bool]               # per request: every target token already top-1
 
 
 POSITIONS = ("answer", "subject", "subject+answer")
@@ -54,6 +56,7 @@ def gradient_features(lm, specs: list[EditSpec], layers: list[int], chunk: int =
     keys: dict[int, list] = {l: [] for l in layers}
     grads: dict[int, list] = {l: [] for l in layers}
     counts: dict[int, int] = {}
+    solved: dict[int, bool] = {}
     fed, loss_total = 0, 0.0
     # longest first: chunks of similar length waste little on padding
     order = sorted(range(len(specs)), key=lambda i: -len(specs[i].text) - len(specs[i].target))
@@ -62,7 +65,8 @@ def gradient_features(lm, specs: list[EditSpec], layers: list[int], chunk: int =
         batch = encode(lm.tokenizer, [p.text for p in part], [subject_span(p) for p in part],
                        [p.target for p in part]).to(lm.device)
         read = _read_positions(batch, positions)
-        k, g, loss = _one_pass(lm, batch, layers, read)
+        k, g, loss, ok = _one_pass(lm, batch, layers, read)
+        solved.update(zip(order[s:s + chunk], ok))
         for layer in layers:
             keys[layer].append(k[layer])
             grads[layer].append(g[layer])
@@ -71,9 +75,11 @@ def gradient_features(lm, specs: list[EditSpec], layers: list[int], chunk: int =
         loss_total += loss
     # rows back in request order: the result does not depend on the sorting
     inverse = _row_order(order, counts)
+    n = len(specs)
+    owner = torch.repeat_interleave(torch.arange(n), torch.tensor([counts[i] for i in range(n)]))
     return Features({l: torch.cat(keys[l])[inverse] for l in layers},
                     {l: torch.cat(grads[l])[inverse] for l in layers},
-                    sum(counts.values()), fed, loss_total)
+                    sum(counts.values()), fed, loss_total, owner, [solved[i] for i in range(n)])
 
 
 def _row_order(order: list[int], counts: dict[int, int]) -> torch.Tensor:
@@ -121,12 +127,13 @@ def _one_pass(lm, batch, layers: list[int], read: list[torch.Tensor]):
             hidden = model.base_model(input_ids=batch.input_ids,
                                       attention_mask=batch.attention_mask).last_hidden_state
             logits = model.get_output_embeddings()(hidden[t_rows, t_cols]).float()
-            loss = torch.nn.functional.cross_entropy(logits, torch.cat(batch.target_ids),
-                                                     reduction="sum")
+            ids = torch.cat(batch.target_ids)
+            loss = torch.nn.functional.cross_entropy(logits, ids, reduction="sum")
             got = torch.autograd.grad(loss, [outputs[l] for l in layers])
     finally:
         for h in handles:
             h.remove()
     grads = {l: g[rows, cols].detach() for l, g in zip(layers, got)}
+    hit = (logits.detach().argmax(-1) == ids).split([len(p) for p in batch.target_pos])
     return ({l: inputs[l].float() for l in layers}, {l: grads[l].float() for l in layers},
-            float(loss.detach()))
+            float(loss.detach()), [bool(h.all()) for h in hit])

@@ -85,6 +85,7 @@ class UltraEdit:
         self.positions = str(x.get("positions", "answer"))
         self.preserve = bool(x.get("preserve", False))
         self.warmup = int(x.get("warmup", 0))
+        self.stop_solved = bool(x.get("stop_solved", False))
         self._stats = MomentCache()
         if self.eta <= 0 or self.ridge <= 0:
             raise EditorError(f"ultraedit needs eta > 0 and ridge > 0, got {self.eta}, {self.ridge}")
@@ -139,14 +140,18 @@ class UltraEdit:
                 with self.clock.phase("targets", lm.device):
                     feats = gradient_features(lm, specs, layers, self.chunk, self.positions)
                 tokens, fed = tokens + feats.tokens, fed + feats.sequence_tokens
+                keep = self._rows_to_solve(feats)
+                if not bool(keep.any()):
+                    break
                 for layer in layers:
                     weight = arch.weight_of(lm.model, layer)
                     with self.clock.phase("solve", weight.device):
-                        rows = torch.cat([feats.keys[layer], feats.grads[layer]], 1)
+                        rows = torch.cat([feats.keys[layer], feats.grads[layer]], 1)[keep]
                         moments[layer] = moments[layer].merged(rows)
                         values = pseudo_values(moments[layer].standardise(rows),
                                                rows.shape[1] - weight.shape[0], self.eta)
-                        u, v = self._solve(feats.keys[layer].to(weight.device, torch.float64),
+                        u, v = self._solve(feats.keys[layer][keep].to(weight.device,
+                                                                      torch.float64),
                                            values.to(weight.device), covs.get(layer))
                     parts[layer].append((u.float(), v.float()))
                     with torch.no_grad():
@@ -154,7 +159,8 @@ class UltraEdit:
         finally:   # the model as it was, bit for bit
             restore_layers(lm.model, originals)
         patch = WeightPatch({l: (torch.cat([u for u, _ in parts[l]], 1),
-                                 torch.cat([v for _, v in parts[l]], 1)) for l in layers})
+                                 torch.cat([v for _, v in parts[l]], 1))
+                             for l in layers if parts[l]})
         for layer in layers:
             patch.state_update.update(moments[layer].to_tensors(f"moments.{layer}."))
         if not patch.is_finite():
@@ -165,6 +171,16 @@ class UltraEdit:
                                              "rewrite_prompts": fed},
                            "rows": tokens}
         return patch
+
+    def _rows_to_solve(self, feats) -> torch.Tensor:
+        """Every row, or with `stop_solved` only those of requests whose target is not yet
+        top-1: a standardised gradient has unit scale even when the loss is already
+        near zero, so a further step on a solved request overshoots (ENCORE's
+        most-probable early stopping, arXiv 2502.01636, applied per iteration)."""
+        if not self.stop_solved:
+            return torch.ones(len(feats.owner), dtype=torch.bool)
+        solved = torch.tensor(feats.solved)
+        return ~solved[feats.owner]
 
     def _solve(self, keys: torch.Tensor, values: torch.Tensor,
                cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
