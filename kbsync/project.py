@@ -100,8 +100,9 @@ def find_project(start: Path | str) -> Project:
 
 
 def demo_facts_dir() -> Path:
-    """The example knowledge base shipped with the source tree (facts/demo/)."""
-    return Path(kbsync.__file__).resolve().parents[1] / "facts" / "demo"
+    """The example knowledge base, package data of kbsync (kbsync/data/demo/; a source
+    checkout's facts/demo links to it)."""
+    return Path(kbsync.__file__).resolve().parent / "data" / "demo"
 
 
 def init_project(directory: Path | str, model: str = "default",
@@ -126,7 +127,7 @@ def init_project(directory: Path | str, model: str = "default",
     demo = demo_facts_dir()
     if not demo.is_dir():
         raise KbsyncError(f"demo knowledge base not found at {demo}",
-                          hint="kbsync init copies it from a source checkout of kbsync")
+                          hint="this kbsync installation is incomplete: reinstall kbsync")
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(demo, facts, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".*", "__pycache__"))

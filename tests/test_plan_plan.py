@@ -38,7 +38,7 @@ def test_json_round_trip():
     plan = make_plan()
     text = plan.to_json()
     data = json.loads(text)
-    assert data["format_version"] == FORMAT_VERSION == "1.1"
+    assert data["format_version"] == FORMAT_VERSION == "1.2"
     assert data["summary"] == {"add": 1, "change": 1, "remove": 1}
     assert data["requests"][0]["op"] == "add"
     assert data["created_at"].endswith("+00:00")

@@ -80,7 +80,7 @@ def _add_relation(seen: dict[str, tuple[Relation, Location]], relation: Relation
 
 def _check_relation(fact: Fact, location: Location,
                     relations: dict[str, tuple[Relation, Location]]) -> None:
-    if fact.relation in relations:
+    if fact.relation is None or fact.relation in relations:    # None: a prompt fact
         return
     close = difflib.get_close_matches(fact.relation, list(relations), n=1)
     hint = f"did you mean {close[0]}? " if close else ""

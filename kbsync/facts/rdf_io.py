@@ -13,6 +13,9 @@ Mapping (vocabulary `kb:` = https://kbsync.dev/ns#):
   source, validity) goes on a statement node with an IRI, Wikidata-style:
   `fact:X a kb:Statement ; kb:subject S ; kb:relation P ; kb:object O ;
   kb:paraphrases ( … ) ; kb:locality ( [ kb:prompt "…" ; kb:answer "…" ] )`.
+* A question-form fact (its own prompt, no relation) exists only as a statement node:
+  `fact:X a kb:Statement ; kb:prompt "Question: …? Answer:" ; kb:object O` (and
+  `kb:subject S` when it names the span editors key on).
 * Statements on blank nodes are refused: a fact needs a name to be diffed and audited.
 
 rdflib is imported lazily: the CLI must start fast and YAML-only projects never pay for
@@ -233,14 +236,26 @@ class _Reader:
         for node in sorted(nodes, key=str):
             location = self.where.find(node)
             self._check_named(node, None, location, what="statement")
-            s = self._one(node, "subject", location)
-            p = self._one(node, "relation", location)
+            prompt = self._text(node, "prompt", location)
+            if prompt is not None:     # a question-form fact: kb:prompt, kb:subject optional
+                s = self._one(node, "subject", location) if (node, self.kb.subject, None) \
+                    in self.g else None
+                if (node, self.kb.relation, None) in self.g:
+                    raise location.error(f"statement {_short(node)} has both kb:prompt and "
+                                         "kb:relation", hint="a fact asks through a relation "
+                                         "or its own prompt: drop one")
+                p, asks = None, {"prompt": prompt}
+            else:
+                s = self._one(node, "subject", location)
+                p = self._one(node, "relation", location)
+                asks = {"relation": self._relation_id(p)}
             o = self._one(node, "object", location)
             self._check_named(s, o, location)
+            if s is not None:
+                asks["subject"] = self._label(s)
             extra = {field: self._text(node, term, location)
                      for term, field in OPTIONAL_TEXT.items()}
-            fact = _build(Fact, location, subject=self._label(s), relation=self._relation_id(p),
-                          object=self._object_text(o),
+            fact = _build(Fact, location, **asks, object=self._object_text(o),
                           paraphrases=[str(x) for x in self._list(node, self.kb.paraphrases,
                                                                    location) or []],
                           locality=[self._probe(x, location)

@@ -1,5 +1,6 @@
 """Writing a KnowledgeBase as RDF (Turtle, N-Triples, JSON-LD) in kbsync's vocabulary;
-`rdf_io` reads it back into an equal KnowledgeBase."""
+`rdf_io` reads it back into an equal KnowledgeBase. A question-form fact is a statement
+node with `kb:prompt` instead of `kb:relation` (and no bare triple: it has no predicate)."""
 
 from __future__ import annotations
 
@@ -65,17 +66,24 @@ def to_graph(kb: KnowledgeBase, *, include_relations: bool = True,
             add_list(p, kbv.templates, [Literal(t) for t in relation.templates])
     chosen = kb.facts.values() if facts is None else facts
     for fact in sorted(chosen, key=lambda f: f.key):
-        s, o = URIRef(entity_iri(fact.subject)), URIRef(entity_iri(fact.object))
-        p = URIRef(predicate_iri(fact.relation))
-        g.add((s, RDFS.label, Literal(fact.subject)))
+        o = URIRef(entity_iri(fact.object))
         g.add((o, RDFS.label, Literal(fact.object)))
-        g.add((s, p, o))
-        if not _needs_statement(fact):
-            continue
+        s = None if fact.subject is None else URIRef(entity_iri(fact.subject))
+        if s is not None:
+            g.add((s, RDFS.label, Literal(fact.subject)))
+        if fact.prompt is None:
+            p = URIRef(predicate_iri(fact.relation))
+            g.add((s, p, o))
+            if not _needs_statement(fact):
+                continue
         node = URIRef(FACT_NS + _encode(fact.key))
         g.add((node, RDF.type, kbv.Statement))
-        g.add((node, kbv.subject, s))
-        g.add((node, kbv.relation, p))
+        if fact.prompt is not None:       # a question-form fact: no triple, its prompt
+            g.add((node, kbv.prompt, Literal(fact.prompt)))
+        else:
+            g.add((node, kbv.relation, p))
+        if s is not None:
+            g.add((node, kbv.subject, s))
         g.add((node, kbv.object, o))
         add_list(node, kbv.paraphrases, [Literal(x) for x in fact.paraphrases])
         probes = []

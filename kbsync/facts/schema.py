@@ -99,9 +99,14 @@ class LocalityProbe(BaseModel):
 
 
 class Fact(BaseModel):
+    """A fact asks its question through a relation's templates (`subject` + `relation`),
+    or gives its own `prompt` (a question-form fact); `object` is the answer. A prompt
+    fact's `subject`, if given, is the span of the prompt that key-based editors key on;
+    without it they key on the prompt's last token (prompt_template)."""
+
     model_config = _STRICT
-    subject: Name
-    relation: Name
+    subject: Name | None = None
+    relation: Name | None = None
     object: Name
     paraphrases: list[Text] = []
     locality: list[LocalityProbe] = []
@@ -109,11 +114,59 @@ class Fact(BaseModel):
     source: Text | None = None
     valid_from: Text | None = None
     valid_to: Text | None = None
+    prompt: Name | None = None
+
+    @model_validator(mode="after")
+    def _asks_one_question(self) -> Fact:
+        if self.prompt is None:
+            if self.relation is None:
+                raise ValueError("a fact needs a `relation` (and a `subject`), or its own "
+                                 "`prompt` (a question the object answers)")
+            if self.subject is None:
+                raise ValueError(f"a fact of relation {self.relation} needs a `subject`")
+        elif self.relation is not None:
+            raise ValueError("a fact has a `relation` or its own `prompt`, not both: "
+                             "drop one of them")
+        elif self.subject is not None:
+            at = self.prompt.find(self.subject)
+            if at < 0:
+                raise ValueError(f"subject {self.subject!r} does not occur in the prompt "
+                                 f"{self.prompt!r}; write it as the prompt spells it, or drop "
+                                 "it (editors then key on the prompt's last token)")
+            if "{" in self.prompt[:at] or "}" in self.prompt[:at]:
+                raise ValueError("a prompt with a brace before its subject is not supported; "
+                                 "drop the `subject` (editors then key on the prompt's "
+                                 "last token) or the brace")
+        return self
 
     @property
     def key(self) -> str:
-        """Stable identity used by diff and ledger: an explicit id, else subject/relation."""
-        return self.id if self.id is not None else f"{self.subject}/{self.relation}"
+        """Stable identity used by diff and ledger: an explicit id, else subject/relation,
+        else (a prompt fact) the prompt."""
+        if self.id is not None:
+            return self.id
+        return self.prompt if self.prompt is not None else f"{self.subject}/{self.relation}"
+
+    @property
+    def asks(self) -> tuple:
+        """What the fact asks, apart from its answer: ("relation", subject, relation) or
+        ("prompt", prompt). Diff and refresh compare it: another question is another fact."""
+        if self.prompt is not None:
+            return ("prompt", self.prompt)
+        return ("relation", self.subject, self.relation)
+
+    def prompt_template(self) -> tuple[str, str]:
+        """A prompt fact as an edit template and subject (kbsync.editing.request.EditSpec):
+        the prompt with `{subject}` at the subject's first occurrence (literal braces
+        doubled), or, without a subject, "{subject}" with the whole prompt as the subject,
+        so the subject's last token is the prompt's last token."""
+        if self.prompt is None:
+            raise ValueError(f"fact {self.key!r} has no prompt of its own")
+        if self.subject is None:
+            return "{subject}", self.prompt
+        at = self.prompt.find(self.subject)
+        after = self.prompt[at + len(self.subject):].replace("{", "{{").replace("}", "}}")
+        return self.prompt[:at] + "{subject}" + after, self.subject
 
 
 class KnowledgeBase(BaseModel):
@@ -141,21 +194,23 @@ class KnowledgeBase(BaseModel):
         for key, fact in self.facts.items():
             if fact.key != key:
                 raise ValueError(f"fact stored under {key!r} has key {fact.key!r}")
-            if fact.relation not in self.relations:
+            if fact.relation is not None and fact.relation not in self.relations:
                 raise ValueError(f"fact {key!r} uses unknown relation {fact.relation!r}")
         return self
 
     def prompts(self, fact_key: str) -> list[str]:
-        """Every template of the fact's relation with its subject; the first is the
-        main rewrite prompt."""
+        """Every template of the fact's relation with its subject (a prompt fact: its
+        prompt); the first is the main rewrite prompt."""
         fact = self.facts[fact_key]
+        if fact.prompt is not None:
+            return [fact.prompt]
         relation = self.relations[fact.relation]
         return [relation.prompt(fact.subject, i) for i in range(len(relation.templates))]
 
     def canonical(self) -> dict:
         return {"relations": {k: self.relations[k].model_dump(mode="json")
                               for k in sorted(self.relations)},
-                "facts": {k: self.facts[k].model_dump(mode="json") for k in sorted(self.facts)}}
+                "facts": {k: _fact_json(self.facts[k]) for k in sorted(self.facts)}}
 
     def to_json(self) -> str:
         # sort_keys + fixed separators: one byte form per knowledge base.
@@ -168,3 +223,12 @@ class KnowledgeBase(BaseModel):
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+
+def _fact_json(fact: Fact) -> dict:
+    """A fact's canonical form. `prompt` is left out when unset, so knowledge bases
+    without question-form facts keep the content hash they had before it existed."""
+    data = fact.model_dump(mode="json")
+    if data["prompt"] is None:
+        del data["prompt"]
+    return data

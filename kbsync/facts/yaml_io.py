@@ -366,7 +366,7 @@ def _facts_from(doc: YamlDocument) -> FileContent:
 
 def _fact_location(doc: YamlDocument, i: int) -> Location:
     fields = {name: doc.location(("facts", i, name))
-              for name in ("subject", "relation", "object", "id")
+              for name in ("subject", "relation", "object", "id", "prompt")
               if ("facts", str(i), name) in doc.values}
     base = doc.location(("facts", i))
     return Location(base.file, base.line, base.column, fields)

@@ -115,7 +115,10 @@ def weights_fingerprint(model) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KBSYNC_CACHE", Path.home() / ".cache" / "kbsync"))
+    """kbsync's caches: $KBSYNC_CACHE, else $KBSYNC_HOME (kbsync.home)."""
+    from kbsync.home import cache_dir as home_cache_dir
+
+    return home_cache_dir()
 
 
 def pick_device(device: str) -> str:

@@ -2,8 +2,9 @@
 
 Facts are compared by key (explicit id, else subject/relation): a new key is an add, a
 vanished key a remove, the same key with another object an update. A key whose subject or
-relation changed (possible with explicit ids) asks a different question, so it becomes a
-remove of the old fact plus an add of the new one. Paraphrases, probes and templates do
+relation changed (possible with explicit ids), or whose prompt changed (a question-form
+fact), asks a different question, so it becomes a remove of the old fact plus an add of
+the new one. Paraphrases, probes and templates do
 not change what the model must know, so they produce no request.
 """
 
@@ -27,12 +28,12 @@ def diff(applied: KnowledgeBase, desired: KnowledgeBase) -> list[EditRequest]:
         old = applied.facts.get(key)
         if old is None:
             requests.append(_add(new))
-        elif (old.subject, old.relation) != (new.subject, new.relation):
+        elif old.asks != new.asks:
             requests += [_remove(old), _add(new)]
         elif old.object != new.object:
             requests.append(EditRequest(op="update", fact_key=key, subject=new.subject,
                                         relation=new.relation, old_object=old.object,
-                                        new_object=new.object, fact=new))
+                                        new_object=new.object, fact=new, prompt=new.prompt))
     requests += [_remove(old) for key, old in applied.facts.items() if key not in desired.facts]
     return sorted(requests, key=lambda r: (OP_ORDER[r.op], r.fact_key))
 
@@ -40,12 +41,13 @@ def diff(applied: KnowledgeBase, desired: KnowledgeBase) -> list[EditRequest]:
 def _add(fact: Fact) -> EditRequest:
     return EditRequest(op="add", fact_key=fact.key, subject=fact.subject,
                        relation=fact.relation, old_object=None, new_object=fact.object,
-                       fact=fact)
+                       fact=fact, prompt=fact.prompt)
 
 
 def _remove(fact: Fact) -> EditRequest:
     return EditRequest(op="remove", fact_key=fact.key, subject=fact.subject,
-                       relation=fact.relation, old_object=fact.object, new_object=None)
+                       relation=fact.relation, old_object=fact.object, new_object=None,
+                       prompt=fact.prompt)
 
 
 def apply_diff(kb: KnowledgeBase, requests: Iterable[EditRequest],
@@ -71,6 +73,7 @@ def _desired_fact(request: EditRequest, current: Fact | None) -> Fact:
         return request.fact
     if current is not None:  # a request without the fact (e.g. drift): keep its probes
         return current.model_copy(update={"object": request.new_object})
-    explicit_id = request.fact_key if request.fact_key != f"{request.subject}/{request.relation}" else None
+    implicit = request.prompt if request.prompt is not None else f"{request.subject}/{request.relation}"
+    explicit_id = request.fact_key if request.fact_key != implicit else None
     return Fact(subject=request.subject, relation=request.relation, object=request.new_object,
-                id=explicit_id)
+                id=explicit_id, prompt=request.prompt)

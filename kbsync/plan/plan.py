@@ -21,7 +21,9 @@ from kbsync.facts.schema import Fact
 
 __all__ = ["FORMAT_VERSION", "EditRequest", "Plan"]
 
-FORMAT_VERSION = "1.1"   # 1.1: EditRequest.observed, Plan.refresh (drift refresh)
+# 1.1: EditRequest.observed, Plan.refresh (drift refresh); 1.2: EditRequest.prompt
+# (question-form facts: no relation, subject optional)
+FORMAT_VERSION = "1.2"
 _READABLE_MAJOR = 1
 
 
@@ -45,14 +47,15 @@ class EditRequest(BaseModel):
 
     op: Literal["add", "update", "remove"]
     fact_key: str
-    subject: str
-    relation: str
+    subject: str | None          # None: a prompt fact without a subject span
+    relation: str | None         # None: a prompt fact (it asks `prompt`)
     old_object: str | None
     new_object: str | None
     reason: Literal["diff", "drift"] = "diff"
     fact: Fact | None = None
     # drift (`--refresh`): what the model answered instead of the object when probed
     observed: str | None = None
+    prompt: str | None = None    # a question-form fact's own prompt
 
     @model_validator(mode="after")
     def _objects_match_op(self) -> EditRequest:

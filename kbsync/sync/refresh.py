@@ -52,13 +52,12 @@ class RefreshReport:
 
 
 def committed_keys(desired: KnowledgeBase, applied: KnowledgeBase) -> list[str]:
-    """Keys of the facts the files and the applied state agree on (same subject, relation
-    and object): exactly those the diff plans nothing for."""
+    """Keys of the facts the files and the applied state agree on (same question: subject
+    and relation, or prompt; same object): exactly those the diff plans nothing for."""
     keys = []
     for key, fact in desired.facts.items():
         old = applied.facts.get(key)
-        if old is not None and (old.subject, old.relation, old.object) == \
-                (fact.subject, fact.relation, fact.object):
+        if old is not None and (old.asks, old.object) == (fact.asks, fact.object):
             keys.append(key)
     return sorted(keys)
 
@@ -113,5 +112,5 @@ def drift_requests(report: RefreshReport, desired: KnowledgeBase) -> list[EditRe
         requests.append(EditRequest(op="update", fact_key=d.key, subject=fact.subject,
                                     relation=fact.relation, old_object=fact.object,
                                     new_object=fact.object, reason="drift", fact=fact,
-                                    observed=d.answer))
+                                    observed=d.answer, prompt=fact.prompt))
     return requests
