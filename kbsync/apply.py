@@ -1,6 +1,8 @@
 """The scheduler: run a plan through the editor, the gates and the store.
 
-    lock -> recover interrupted runs -> plan (or a saved plan, refused when stale)
+    lock -> recover interrupted runs -> read the facts once -> plan (or a saved plan)
+    -> check the plan: its state, its facts and its requests recomputed (recovery.check_plan)
+    -> confirm (the plan shown) -> apply THOSE facts: the files are not read again
     -> classify: already known (no edit) / remove of a fact kbsync never edited (no edit)
     -> batches: edit -> candidate -> gates -> commit snapshot | revert and bisect
     -> ledger rows for every edit, gate and snapshot
@@ -8,7 +10,13 @@
 Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
 patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
 snapshot. The next run records the killed one as interrupted and plans again from HEAD:
-what was committed is in the applied state and is not applied twice. A run asked to stop
+what was committed is in the applied state and is not applied twice.
+
+What is applied is what was reviewed: the facts are read once, under the lock, before the
+plan is made or a saved plan is checked, and the run applies that copy, so a file saved
+while the confirmation prompt waits is not applied (the next plan shows it), and a saved
+plan whose requests are not exactly those facts' diff is refused (exit 5) before any run
+starts. A run asked to stop
 (`stop`, polled at each batch boundary: `kbsync watch` on SIGINT/SIGTERM) ends the same
 way, but records itself as interrupted before it goes.
 """
@@ -28,7 +36,7 @@ from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
 from kbsync.evaluate.probes import GENERAL_PROMPTS
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.plan.plan import EditRequest, Plan
-from kbsync.recovery import check_fresh, end_failed_run, record_committed, recover
+from kbsync.recovery import check_plan, end_failed_run, record_committed, recover
 from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
@@ -99,8 +107,10 @@ def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
 
 def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, loaded):
     """(result, the (lm, editor) now at result.snapshot, or None if none was loaded)."""
+    from kbsync.facts.load import load_knowledge_base
     from kbsync.project import compute_plan
 
+    desired = load_knowledge_base(project.facts_dir)     # the one read of the facts
     if plan is None:
         if refresh and loaded is None:
             loaded = load_at(project, SnapshotStore(project.kbsync_dir).head())
@@ -108,8 +118,8 @@ def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, 
                             progress=lambda done, total: emit(
                                 {"type": "progress", "phase": "refresh",
                                  "done": done, "total": total}))
-    else:
-        check_fresh(plan, project)
+    # a plan made just now fails this only if a file was saved while it was made
+    check_plan(plan, desired, read_applied_state(project.kbsync_dir))
     if plan.refresh is not None:
         emit({"type": "refresh", **plan.refresh})
     emit({"type": "plan", **plan.summary()})
@@ -117,20 +127,21 @@ def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, 
         return ApplyResult(None, plan.base_snapshot), loaded
     if confirm is not None and not confirm(plan):
         raise KbsyncError("apply cancelled")
-    scheduler = Scheduler(project, plan, ledger, emit, command, stop=stop, loaded=loaded)
+    scheduler = Scheduler(project, plan, desired, ledger, emit, command, stop=stop,
+                          loaded=loaded)
     return scheduler.run(), (scheduler.lm, scheduler.editor)
 
 
 class Scheduler:
-    def __init__(self, project, plan: Plan, ledger: Ledger, emit: Emit, command: str, *,
-                 stop: Callable[[], bool] | None = None, loaded: tuple | None = None):
-        from kbsync.facts.load import load_knowledge_base
-
+    def __init__(self, project, plan: Plan, desired: KnowledgeBase, ledger: Ledger, emit: Emit,
+                 command: str, *, stop: Callable[[], bool] | None = None,
+                 loaded: tuple | None = None):
+        """`desired`: the facts `plan` was checked against (check_plan), never re-read."""
         self.stop, self.loaded, self.work = stop or (lambda: False), loaded, []
 
         self.project, self.plan, self.ledger, self.emit = project, plan, ledger, emit
         self.cfg = project.config
-        self.desired = load_knowledge_base(project.facts_dir)
+        self.desired = desired
         state = read_applied_state(project.kbsync_dir)
         self.applied, self.head, self.serial = state.kb, state.snapshot_id, state.serial
         self.snapshots = SnapshotStore(project.kbsync_dir)
@@ -289,8 +300,10 @@ class Scheduler:
             patch.apply(self.lm.model)
             checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
                            self.reference, patch.checked_tensors(self.lm.model))
-        for c in checks:
-            self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold, c.passed)
+        with self.ledger.transaction():     # one write for the batch's gate rows, not one each
+            for c in checks:
+                self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold,
+                                        c.passed)
         self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks]})
         if all(c.passed for c in checks):
             self.editor.accept(patch)

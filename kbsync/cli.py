@@ -221,6 +221,28 @@ def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
         sys.exit(EXIT_CHANGES)
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--lock-timeout", default=0.0, show_default=True, metavar="S",
+              help="Seconds to wait for another kbsync holding the project lock.")
+@json_option
+@pass_env
+@handle_errors
+def gc(env: Env, dry_run: bool, lock_timeout: float, as_json: bool) -> None:
+    """Remove what killed runs left in .kbsync: temp files, manifests never committed and
+    objects no committed snapshot names. Committed snapshots are never touched."""
+    from kbsync.history import gc as collect
+
+    result = collect(env.project(), dry_run=dry_run, lock_timeout=lock_timeout)
+    if as_json:
+        echo_json(result)
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    click.echo(f"{verb} {len(result['temp_files'])} temp file(s), {len(result['manifests'])} "
+               f"uncommitted manifest(s), {len(result['objects'])} unreferenced object(s): "
+               f"{result['bytes']} bytes.")
+
+
 from kbsync import cli_model  # noqa: E402,F401  (registers apply, log, show, ... on main)
 from kbsync import cli_report  # noqa: E402,F401  (registers report)
 from kbsync import cli_bench  # noqa: E402,F401  (registers bench quality / speed)

@@ -1,6 +1,10 @@
-"""Reading and moving through what was applied: log, show, audit, ask, rollback, export
-(and where the ledger's Datasette metadata lives).
-Each is a library function; the CLI only prints what they return."""
+"""Reading and moving through what was applied: log, show, audit, ask, rollback, export,
+gc (and where the ledger's Datasette metadata lives).
+Each is a library function; the CLI only prints what they return.
+
+Only committed snapshots (HEAD's history) are ever shown, asked, exported or rolled back
+to: a manifest a killed run wrote before its commit point never took effect (`gc`
+removes it). Reading commands never create a ledger where there is none."""
 
 from __future__ import annotations
 
@@ -19,6 +23,22 @@ def committed(snapshots: SnapshotStore) -> list[tuple]:
     before its commit point and never took effect."""
     head = snapshots.head()
     return snapshots.history(head) if head else []
+
+
+def resolve_committed(snapshots: SnapshotStore, ref: str) -> str:
+    """The full id of `ref` (as SnapshotStore.resolve takes it), refused unless it was
+    committed."""
+    sid = snapshots.resolve(ref)
+    if sid not in {s for s, _ in committed(snapshots)}:
+        raise KbsyncError(f"snapshot {sid[:12]} was never committed: the run that wrote "
+                          "it was interrupted before its commit point",
+                          hint="`kbsync log` lists the snapshots; `kbsync gc` removes this one")
+    return sid
+
+
+def _existing_ledger(project):
+    """The project's ledger, or None where there is none yet (reading must not make one)."""
+    return project.ledger() if (project.kbsync_dir / "ledger.db").exists() else None
 
 
 SNAPSHOT_ABBREV = 12      # shortest snapshot id `kbsync log` prints (longer where needed)
@@ -56,11 +76,13 @@ def log(project, limit: int | None = None) -> list[dict]:
                 "created_at": m.created_at, "parent": m.parent, "rollback_of": m.rollback_of,
                 "run_id": m.run_id, "editor": m.editor, "head": sid == head}
                for sid, m in committed(snapshots)]
-    with project.ledger() as ledger:
-        entries += [{"kind": "run", "id": r["run_id"], "short": r["run_id"],
-                     "created_at": r["started_at"], "command": r["command"],
-                     "outcome": r.get("outcome"), "editor": r.get("editor")}
-                    for r in ledger.runs()]
+    ledger = _existing_ledger(project)
+    if ledger is not None:
+        with ledger:
+            entries += [{"kind": "run", "id": r["run_id"], "short": r["run_id"],
+                         "created_at": r["started_at"], "command": r["command"],
+                         "outcome": r.get("outcome"), "editor": r.get("editor")}
+                        for r in ledger.runs()]
     entries.sort(key=lambda e: (e["created_at"], e.get("serial", 0)), reverse=True)
     return entries if limit is None else entries[:limit]
 
@@ -78,9 +100,11 @@ def resolve_ref(project, ref: str) -> tuple[str, str]:
     is_hex = all(c in "0123456789abcdef" for c in wanted)
     found = [("snapshot", sid) for sid in snapshots.ids()
              if is_hex and len(wanted) >= MIN_PREFIX and sid.startswith(wanted)]
-    with project.ledger() as ledger:
-        found += [("run", rid) for (rid,) in ledger.db.execute("SELECT run_id FROM runs")
-                  if rid.lower().startswith(wanted)]
+    ledger = _existing_ledger(project)
+    if ledger is not None:
+        with ledger:
+            found += [("run", rid) for (rid,) in ledger.db.execute("SELECT run_id FROM runs")
+                      if rid.lower().startswith(wanted)]
     exact = [m for m in found if m[1].lower() == wanted]
     if exact or len(found) == 1:
         return (exact or found)[0]
@@ -164,7 +188,7 @@ def ask_many(project, prompts: list[str], snapshot: str | None = None,
     if not prompts:
         raise KbsyncError("no prompt to ask", hint="give a PROMPT or -f FILE (one prompt a line)")
     snapshots = SnapshotStore(project.kbsync_dir)
-    sid = snapshots.resolve(snapshot) if snapshot else snapshots.head()
+    sid = resolve_committed(snapshots, snapshot) if snapshot else snapshots.head()
     lm, _ = load_at(project, sid, with_editor=False)
     answers = greedy(lm, prompts, max_new_tokens)
     return [{"prompt": p, "snapshot": sid, "answer": a} for p, a in zip(prompts, answers)]
@@ -191,29 +215,60 @@ def datasette_metadata_path() -> Path:
 
 def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
     """Move HEAD (and the applied facts) back to the state of snapshot `ref`, as a new
-    snapshot; history is never rewritten."""
+    snapshot; history is never rewritten. Recovery runs first, so the ledger knows HEAD
+    before it moves. A rollback to the state HEAD already has (HEAD itself, or a rollback
+    of `ref`, e.g. one whose rows a kill cut off) changes nothing (`changed` false): run
+    again after a failure, it does exactly what is left."""
+    from kbsync.recovery import recover
+
     with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation="rollback"):
         snapshots = SnapshotStore(project.kbsync_dir)
-        target = snapshots.resolve(ref)
+        target = resolve_committed(snapshots, ref)
         previous = snapshots.head()
-        if target not in {sid for sid, _ in committed(snapshots)}:
-            raise KbsyncError(f"snapshot {target[:12]} was never committed: the run that wrote "
-                              "it was interrupted before its commit point",
-                              hint="`kbsync log` lists the snapshots you can roll back to")
         with project.ledger() as ledger:
-            from kbsync.recovery import recover
+            recover(project, ledger, lambda event: None)
+            if target == previous or snapshots.read(previous).rollback_of == target:
+                return {"snapshot": previous, "rollback_of": target, "previous": previous,
+                        "changed": False}
+            sid = _commit_rollback(project, snapshots, ledger, target, previous)
+    return {"snapshot": sid, "rollback_of": target, "previous": previous, "changed": True}
 
-            recover(project, ledger, lambda event: None)   # the ledger knows HEAD before it moves
-            run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
-            manifest = snapshots.rollback_manifest(target, run_id=run_id,
-                                                   ledger_head=ledger.head_hash())
-            sid = snapshots.write(manifest)
-            snapshots.set_head(sid)                         # the commit point
-            with ledger.transaction():
-                ledger.record_snapshot(sid, run_id, previous, manifest.serial, rollback_of=target)
-                ledger.event(run_id, "rollback", target=target, snapshot=sid)
-                ledger.event(run_id, "run_committed", snapshot=sid)
-    return {"snapshot": sid, "rollback_of": target, "previous": previous}
+
+def _commit_rollback(project, snapshots: SnapshotStore, ledger, target: str,
+                     previous: str) -> str:
+    """The rollback run: its manifest, the commit point, its ledger rows. A failure ends
+    the run as apply's do (run_failed, or run_interrupted once HEAD moved)."""
+    from kbsync.recovery import end_failed_run
+
+    run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
+    try:
+        manifest = snapshots.rollback_manifest(target, run_id=run_id,
+                                               ledger_head=ledger.head_hash())
+        sid = snapshots.write(manifest)
+        snapshots.set_head(sid)                             # the commit point
+        with ledger.transaction():
+            ledger.record_snapshot(sid, run_id, previous, manifest.serial, rollback_of=target)
+            ledger.event(run_id, "rollback", target=target, snapshot=sid)
+            ledger.event(run_id, "run_committed", snapshot=sid)
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):     # killed: the next recovery records it
+            end_failed_run(project, ledger, run_id, exc)
+        raise
+    return sid
+
+
+def gc(project, *, dry_run: bool = False, lock_timeout: float = 0) -> dict:
+    """Remove what killed runs left (kbsync.store.gc): temp files, uncommitted manifests,
+    unreferenced objects; never anything a committed snapshot names. Under the project
+    lock (so no run is writing); `dry_run` lists without removing."""
+    from kbsync.store.gc import collect, find_garbage
+
+    with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation="gc"):
+        snapshots = SnapshotStore(project.kbsync_dir)
+        garbage = find_garbage(snapshots)
+        if not dry_run:
+            collect(snapshots, garbage)
+    return {"type": "gc", "dry_run": dry_run, **garbage.to_dict()}
 
 
 def export(project, directory: Path | str, ref: str | None = None) -> dict:
@@ -228,7 +283,7 @@ def export(project, directory: Path | str, ref: str | None = None) -> dict:
     from kbsync.lm.load import MEMORY_FILE
 
     snapshots = SnapshotStore(project.kbsync_dir)
-    sid = snapshots.resolve(ref) if ref else snapshots.head()
+    sid = resolve_committed(snapshots, ref) if ref else snapshots.head()
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise KbsyncError(f"{directory} is not empty", hint="export into a new folder")

@@ -1,4 +1,5 @@
-"""Crash safety around a run: refusing a stale saved plan, reconciling the ledger with
+"""Crash safety around a run: refusing a plan that is stale or is not what its facts
+give (`check_plan`: what is applied is what was reviewed), reconciling the ledger with
 HEAD, recording runs that never finished, and the one writer of a committed batch's ledger
 rows (used by the commit and by recovery alike, both from the snapshot's manifest).
 
@@ -19,22 +20,70 @@ from kbsync.errors import IntegrityError
 from kbsync.plan.plan import Plan
 from kbsync.store.ledger import Ledger
 from kbsync.store.snapshots import Manifest, SnapshotStore
-from kbsync.store.state import read_applied_state
+from kbsync.store.state import AppliedState
 
 
-def check_fresh(plan: Plan, project) -> None:
-    """Refuse a saved plan whose base state or facts changed since it was made."""
-    from kbsync.facts.load import load_knowledge_base
+def check_plan(plan: Plan, desired, state: AppliedState) -> None:
+    """Refuse (IntegrityError, exit 5) a plan that is not exactly what `desired` (the
+    facts the run will apply) and `state` (the applied state under the lock) give: made
+    at another state (stale), from other facts, against a git revision, or with requests
+    that are not those facts' diff: a saved plan edited by hand (an object changed, a
+    request dropped, duplicated or made up) must not reach the model or the ledger.
 
-    state = read_applied_state(project.kbsync_dir)
+    Drift requests (`--refresh`) come from probing the model, which is not redone here:
+    each must name a committed fact (applied and desired alike) once, and be the request
+    the planner makes for it."""
     if plan.base_serial != state.serial or plan.base_snapshot != state.snapshot_id:
         raise IntegrityError(f"plan is stale: it was made at state serial {plan.base_serial}, "
                              f"the project is now at serial {state.serial}",
                              hint="run `kbsync plan` again")
-    current = load_knowledge_base(project.facts_dir).content_hash()
-    if current != plan.facts_hash:
+    if plan.from_rev is not None:
+        raise IntegrityError("this plan diffs two git revisions, not the applied state",
+                             hint="run `kbsync plan -o FILE` without --from")
+    if desired.content_hash() != plan.facts_hash:
         raise IntegrityError("plan is stale: the facts changed since it was made",
                              hint="run `kbsync plan` again")
+    expected = [r.model_dump(mode="json") for r in _expected_requests(plan, desired, state)]
+    given = [r.model_dump(mode="json") for r in plan.requests]
+    if given != expected:
+        raise IntegrityError(f"plan does not match the facts it was made from: "
+                             f"{_first_difference(given, expected)}",
+                             hint="a plan file is applied as `kbsync plan -o FILE` wrote it; "
+                                  "make it again")
+
+
+def _expected_requests(plan: Plan, desired, state: AppliedState) -> list:
+    """The diff of the applied state and `desired`, then the plan's drift requests as
+    the planner makes them (kbsync.sync.refresh), each checked to be a committed fact."""
+    from kbsync.plan.diff import diff
+    from kbsync.sync.refresh import Drifted, RefreshReport, committed_keys, drift_requests
+
+    drift = [r for r in plan.requests if r.reason == "drift"]
+    committed, keys = set(committed_keys(desired, state.kb)), [r.fact_key for r in drift]
+    for key in keys:
+        if key not in committed or keys.count(key) > 1:
+            why = "named twice" if key in committed else "not a committed fact"
+            raise IntegrityError(f"plan does not match the facts it was made from: drift "
+                                 f"request for {key!r} is {why}",
+                                 hint="make the plan again with `kbsync plan --refresh -o FILE`")
+    report = RefreshReport(state.snapshot_id, len(committed),
+                           [Drifted(r.fact_key, desired.facts[r.fact_key].object, r.observed)
+                            for r in drift])
+    return diff(state.kb, desired) + drift_requests(report, desired)
+
+
+def _first_difference(given: list[dict], expected: list[dict]) -> str:
+    """The first request that differs, in words."""
+    for i, (a, b) in enumerate(zip(given, expected)):
+        if a != b:
+            fields = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            return (f"request {i + 1} ({a['op']} {a['fact_key']!r}) differs in "
+                    f"{', '.join(fields)}")
+    if len(given) > len(expected):
+        extra = given[len(expected)]
+        return f"request {len(expected) + 1} ({extra['op']} {extra['fact_key']!r}) is not planned"
+    missing = expected[len(given)]
+    return f"the planned {missing['op']} of {missing['fact_key']!r} is missing"
 
 
 RECOVERED = "committed before its ledger rows were written; recorded by recovery"

@@ -2,7 +2,8 @@
 
 The relation's first template ENDS with the subject, so the tiny model's prediction after
 the prompt reads the subject's hidden state at the edited layers (DESIGN.md §9), and the
-locate-then-edit editors can change it. Imported by test_apply.py, test_apply_safety.py and test_crash.py.
+locate-then-edit editors can change it. Imported by test_apply.py, test_apply_safety.py,
+test_reviewed_plan.py and test_crash.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ Guarantees:
   naming the object; `verify_all` checks every blob (`kbsync audit verify`);
 - objects are written atomically (temp + fsync + rename) and made read-only (0444), and
   a written object is re-read and re-hashed before its name is returned;
+- hashing reads files in chunks (`file_sha256`): writing, re-checking and verifying an
+  object never holds it whole in memory; tensors are saved straight to the temp file
+  (safetensors' `save_file`, the same bytes as `save`), so a commit holds no copy of its
+  patch beside the tensors themselves;
 - tensors are stored as safetensors only (never pickle), contiguous, on CPU, and only if
   every float value is finite; safetensors itself does not check for NaN/Inf;
 - JSON objects are stored in canonical form, so equal values share one object.
@@ -21,13 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbsync.errors import IntegrityError, KbsyncError
-from kbsync.store.atomic import atomic_write_bytes, is_temp_name, remove_temp_files
+from kbsync.store.atomic import (atomic_write_bytes, is_temp_name, new_temp, publish,
+                                 remove_temp_files)
 from kbsync.store.canonical import canonical_bytes, is_sha256, sha256_hex
 
 if TYPE_CHECKING:
     import torch
 
 OBJECT_MODE = 0o444
+CHUNK = 1 << 20          # bytes hashed at a time
 
 
 class ObjectStore:
@@ -51,9 +57,22 @@ class ObjectStore:
         if self._is_intact(sha):
             return sha  # deduplicated: the same content is already stored
         # Also repairs a corrupted copy: os.replace needs a writable directory, not file.
-        atomic_write_bytes(self.path(sha), bytes(data), mode=OBJECT_MODE)
-        self.get_bytes(sha)  # re-read and re-hash what actually reached the disk
+        atomic_write_bytes(self.path(sha), data, mode=OBJECT_MODE)
+        self.check(sha)  # re-read and re-hash what actually reached the disk
         return sha
+
+    def check(self, sha: str) -> None:
+        """Raise IntegrityError unless the object is stored and hashes to its name; reads
+        it in chunks."""
+        path = self.path(sha)
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            raise IntegrityError(f"object {sha} is missing ({path})",
+                                 hint="run `kbsync audit verify` to list every damaged object") from None
+        if actual != sha:
+            raise IntegrityError(f"object {sha} is corrupted: its content hashes to {actual} ({path})",
+                                 hint="restore .kbsync/objects from a backup")
 
     def get_bytes(self, sha: str) -> bytes:
         path = self.path(sha)
@@ -86,9 +105,22 @@ class ObjectStore:
     # -- tensors -------------------------------------------------------------------------
     def put_tensors(self, tensors: dict[str, "torch.Tensor"],
                     metadata: dict[str, str] | None = None) -> str:
-        from safetensors.torch import save
+        from safetensors.torch import save_file
 
-        return self.put_bytes(save(_prepare_tensors(tensors), metadata=_check_metadata(metadata)))
+        prepared, metadata = _prepare_tensors(tensors), _check_metadata(metadata)
+        tmp = new_temp(self.dir, "tensors")     # its name is known once it is hashed
+        try:
+            save_file(prepared, tmp, metadata=metadata)
+            sha = file_sha256(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self._is_intact(sha):
+            tmp.unlink()                        # deduplicated
+            return sha
+        publish(tmp, self.path(sha), mode=OBJECT_MODE)
+        self.check(sha)
+        return sha
 
     def get_tensors(self, sha: str) -> dict[str, "torch.Tensor"]:
         from safetensors import SafetensorError
@@ -132,7 +164,7 @@ class ObjectStore:
                 problems.append(f"stray file in objects/: {name[:2]}/{name[2:]}")
                 continue
             try:
-                self.get_bytes(name)
+                self.check(name)
             except IntegrityError as exc:
                 problems.append(exc.message)
         return problems
@@ -147,10 +179,21 @@ class ObjectStore:
 
     def _is_intact(self, sha: str) -> bool:
         try:
-            self.get_bytes(sha)
-        except IntegrityError:
+            self.check(sha)
+        except (IntegrityError, OSError):
             return False
         return True
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read CHUNK bytes at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _prepare_tensors(tensors: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:

@@ -302,7 +302,7 @@ class SnapshotStore:
 
     def _object_problem(self, sha: str) -> str | None:
         try:
-            self.objects.get_bytes(sha)
+            self.objects.check(sha)
         except (IntegrityError, KbsyncError) as exc:
             return exc.message
         return None
