@@ -3,21 +3,28 @@
 Files are read in sorted path order, then merged: a relation may be defined in one file
 and used in another; the same fact may appear twice only if both copies are identical.
 All checks run before anything is returned, so a bad file never yields a partial KB.
+
+A knowledge base is parsed once per content: loading the same bytes again (apply loads
+the facts its plan step loaded) returns the knowledge base already built, after reading
+and hashing the files, never a stale one.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Callable
 
 from kbsync.errors import FactsError
-from kbsync.facts.rdf_io import RDF_FORMATS, read_rdf
+from kbsync.facts import rdf_offline, yaml_io
+from kbsync.facts.rdf_io import RDF_FORMATS, parse_rdf, read_rdf
 from kbsync.facts.schema import Fact, KnowledgeBase, Relation
-from kbsync.facts.source import FileContent, Location
-from kbsync.facts.yaml_io import read_yaml_facts
+from kbsync.facts.source import FileContent, Location, decode_text, gc_paused, read_file_bytes
+from kbsync.facts.yaml_io import parse_yaml_facts, read_yaml_facts
 
-__all__ = ["FACT_SUFFIXES", "is_fact_file", "fact_files", "load_knowledge_base", "merge"]
+__all__ = ["FACT_SUFFIXES", "is_fact_file", "fact_files", "load_knowledge_base", "merge",
+           "parse_fact_text", "clear_cache"]
 
 _READERS: dict[str, Callable[[Path], FileContent]] = {
     ".yaml": read_yaml_facts, ".yml": read_yaml_facts,
@@ -47,12 +54,64 @@ def fact_files(path: Path | str) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(path).as_posix())
 
 
-def load_knowledge_base(path: Path | str) -> KnowledgeBase:
-    contents = [_READERS[Path(f.name).suffix.lower()](f) for f in fact_files(path)]
-    return merge(contents)
+def parse_fact_text(text: str, file: str) -> FileContent:
+    """One fact file's content from its text; the format follows the name's suffix."""
+    suffix = Path(file).suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return parse_yaml_facts(text, file)
+    return parse_rdf(text, RDF_FORMATS[suffix], file)
+
+
+# (files and their digests, reader limits) -> the knowledge base they gave, for the last
+# load only: a plan and the apply after it load the same facts.
+_last: tuple[tuple, KnowledgeBase] | None = None
+
+
+def load_knowledge_base(path: Path | str, *, cache: bool = True) -> KnowledgeBase:
+    """The merged knowledge base of the fact files under `path`. `cache`: when every file
+    has the same bytes as at the previous load, return that load's knowledge base (a
+    value: frozen models) instead of parsing again."""
+    global _last
+    files = [(str(f), read_file_bytes(f)) for f in fact_files(path)]
+    key = (tuple((name, hashlib.sha256(data).digest()) for name, data in files),
+           (yaml_io.MAX_DEPTH, yaml_io.MAX_NODES, rdf_offline.MAX_JSON_DEPTH))
+    last = _last
+    if cache and last is not None and last[0] == key:
+        return last[1]
+    with gc_paused():
+        contents = [parse_fact_text(decode_text(data, name), name) for name, data in files]
+        del files
+        kb = merge(contents)
+    if cache:
+        _last = (key, kb)
+    return kb
+
+
+def clear_cache() -> None:
+    """Forget the last loaded knowledge base (benchmarks time a load from scratch)."""
+    global _last
+    _last = None
 
 
 def merge(contents: list[FileContent]) -> KnowledgeBase:
+    """One knowledge base from the files' contents. A content read on the fast path
+    (locations without lines) that disagrees with another is read again with positions,
+    so the error names file:line for both definitions."""
+    try:
+        return _merge(contents)
+    except FactsError:
+        if not any(content.positioned for content in contents):
+            raise
+        located = [content.positioned() if content.positioned else content
+                   for content in contents]
+        try:
+            _merge(located)
+        except FactsError as err:
+            raise err from None
+        raise   # not reached: the same facts meet the same problem
+
+
+def _merge(contents: list[FileContent]) -> KnowledgeBase:
     relations: dict[str, tuple[Relation, Location]] = {}
     for content in contents:
         for relation, location in content.relations:

@@ -36,9 +36,9 @@ from pydantic import ValidationError
 
 from kbsync.errors import FactsError
 from kbsync.facts.schema import Fact, LocalityProbe, Relation
-from kbsync.facts.rdf_locate import Locator
+from kbsync.facts.rdf_locate import Locator, NoPositions
 from kbsync.facts.rdf_offline import check_json_ld, offline
-from kbsync.facts.source import FileContent, Location, read_text_file
+from kbsync.facts.source import FileContent, Location, gc_paused, read_text_file
 from kbsync.text import UNSAFE_HINT
 
 if TYPE_CHECKING:
@@ -79,20 +79,33 @@ _TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 # ---------------------------------------------------------------- reading
 
-def read_rdf(path: Path | str) -> FileContent:
+def read_rdf(path: Path | str, *, positions: bool = False) -> FileContent:
     path = Path(path)
     fmt = RDF_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise FactsError(f"not an RDF file extension: {path.suffix!r}", file=str(path),
                          hint=f"use one of {', '.join(RDF_FORMATS)}")
     text = read_text_file(path)
-    return parse_rdf(text, fmt, str(path))
+    return parse_rdf(text, fmt, str(path), positions=positions)
 
 
-def parse_rdf(text: str, fmt: str, file: str = "<rdf>") -> FileContent:
+def parse_rdf(text: str, fmt: str, file: str = "<rdf>", *, positions: bool = False
+              ) -> FileContent:
+    """The file's relations and facts. `positions`: every item's file:line (the text is
+    indexed); otherwise the locations name only the file, a bad file is still refused at
+    file:line (the reader runs again with the index), and `positioned` gives the lines
+    when the merge needs them."""
     fmt = _format(fmt)
-    graph = _parse_graph(text, fmt, file)
-    return _Reader(graph, Locator(text, file, graph)).content()
+    with gc_paused():
+        graph = _parse_graph(text, fmt, file)
+        if positions:
+            return _Reader(graph, Locator(text, file, graph)).content()
+        try:
+            content = _Reader(graph, NoPositions(file)).content()
+        except FactsError:
+            return _Reader(graph, Locator(text, file, graph)).content()   # raises at a line
+    content.positioned = lambda: parse_rdf(text, fmt, file, positions=True)
+    return content
 
 
 def _format(fmt: str) -> str:
@@ -153,11 +166,12 @@ def _first_bad_nt_line(text: str) -> int | None:
 
 
 class _Reader:
-    def __init__(self, graph: Graph, where: Locator):
+    def __init__(self, graph: Graph, where: Locator | NoPositions):
         from rdflib import Namespace
 
         self.g, self.where = graph, where
         self.kb = Namespace(KB_NS)
+        self._labels: dict[Any, list] | None = None   # node -> its rdfs:label literals
 
     def content(self) -> FileContent:
         content = FileContent()
@@ -322,7 +336,12 @@ class _Reader:
     def _label(self, node: Any) -> str:
         from rdflib import Literal
 
-        labels = [o for o in self.g.objects(node, _uri(_LABEL)) if isinstance(o, Literal)]
+        if self._labels is None:   # one pass over the labels, not a graph query per node
+            self._labels = {}
+            for s, o in self.g.subject_objects(_uri(_LABEL)):
+                if isinstance(o, Literal):
+                    self._labels.setdefault(s, []).append(o)
+        labels = self._labels.get(node, [])
         plain = sorted({str(o) for o in labels if not o.language})
         english = sorted({str(o) for o in labels if (o.language or "").lower().startswith("en")})
         chosen = plain or english

@@ -1,9 +1,14 @@
 """file:line for RDF terms. rdflib keeps no source positions, so the text is indexed by
-the names written in it and a term is found through the forms it can be written in."""
+the names written in it and a term is found through the forms it can be written in.
+
+Linear in the file: the index is built in one pass, and each lookup is a binary search
+in the (sorted) positions of each form, never a scan of every place a predicate is used.
+"""
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from kbsync.facts.source import Location
@@ -48,13 +53,30 @@ class Locator:
         (subject, then predicate: the line of a triple)."""
         start, found = (0, 0), None
         for term in terms:
-            positions = [pos for form in self.forms(term)
-                         for pos in self.index.get(form, ()) if pos >= start]
-            if not self.forms(term):  # blank nodes and literals have no written name
+            forms = self.forms(term)
+            if not forms:  # blank nodes and literals have no written name
                 continue
-            if not positions:
+            first = None
+            for form in forms:
+                positions = self.index.get(form)
+                if positions:   # in text order, so the first at or after `start` is found
+                    at = bisect_left(positions, start)
+                    if at < len(positions) and (first is None or positions[at] < first):
+                        first = positions[at]
+            if first is None:
                 break
-            found = start = min(positions)
+            found = start = first
         if found is None:
             return Location(self.file)
         return Location(self.file, found[0] + 1, found[1] + 1)
+
+
+class NoPositions:
+    """A Locator for the fast path: every term is somewhere in the file. The reader is
+    run again with a Locator when it has an error to report."""
+
+    def __init__(self, file: str):
+        self.here = Location(file)
+
+    def find(self, *terms: Any) -> Location:
+        return self.here

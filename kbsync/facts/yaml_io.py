@@ -3,6 +3,12 @@
 PyYAML's safe_load loses positions, so documents are composed into nodes first
 (every node has a start mark) and constructed from those nodes; pydantic's error
 `loc` paths are then mapped back to the node they came from.
+
+Fact files take a fast path: the data is built straight from libyaml's events, with the
+same refusals (aliases, nesting, node count, duplicate keys) but no nodes and no index
+of positions, and the models are validated from it. Anything the events or validation
+refuse is read again by the position-keeping path, which reports it at file:line, so
+both paths accept the same files and give the same facts.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kbsync.errors import FactsError
 from kbsync.facts.schema import Fact, KnowledgeBase, Name, Relation, Template, Text
-from kbsync.facts.source import FileContent, Location, read_text_file
+from kbsync.facts.source import FileContent, Location, gc_paused, read_text_file
 from kbsync.text import UNSAFE_HINT
 
 __all__ = ["YamlDocument", "parse_yaml", "read_yaml_file", "validation_error",
@@ -68,6 +74,11 @@ MAX_NODES = 2_000_000
 
 
 def parse_yaml(text: str, file: str) -> YamlDocument:
+    with gc_paused():
+        return _parse_yaml(text, file)
+
+
+def _parse_yaml(text: str, file: str) -> YamlDocument:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -175,6 +186,104 @@ def _alias_error(text: str, file: str, anchored: yaml.Node) -> FactsError:
     return FactsError(f"YAML alias {what}: anchors and aliases (&name / *name) are not "
                       "allowed here", file=file, line=mark.line + 1, column=mark.column + 1,
                       hint="write the value out in full at each place it is used")
+
+
+# ---------------------------------------------------------------- fast path
+
+class _Slow(Exception):
+    """The fast path met something only the position-keeping path may judge and report."""
+
+
+_STR, _MAP, _SEQ, _MERGE = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:map",
+                            "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge")
+
+
+def fast_data(text: str) -> Any:
+    """The document's data as parse_yaml(text).data gives it, built from libyaml's events
+    (no nodes, no index of positions); _Slow where parse_yaml would refuse the text
+    (syntax, an alias, nesting, node count, a duplicate key or anchor, several documents)
+    or where SafeConstructor does more than build dicts, lists and scalars (tags such as
+    !!set, merge keys, keys that are not scalars)."""
+    loader = _Loader(text)
+    try:
+        if loader.yaml_path_resolvers:   # tags that depend on the path: the composer's
+            raise _Slow
+        return _from_events(loader)
+    except _Slow:
+        raise
+    except Exception:   # syntax, constructor errors, ...: parse_yaml's to raise as it does
+        raise _Slow from None
+    finally:
+        loader.dispose()
+
+
+def _from_events(loader: Any) -> Any:
+    """One pass over the events with parse_yaml's checks (the composer's, _index's and
+    _visit's): an AliasEvent is refused outright, so nothing is ever shared."""
+    get = loader.get_event
+    Scalar, MapStart, MapEnd = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.MappingEndEvent
+    SeqStart, SeqEnd = yaml.SequenceStartEvent, yaml.SequenceEndEvent
+    count, max_nodes, max_depth = 0, MAX_NODES, MAX_DEPTH
+    anchors: set[str] = set()
+    plain_tags: dict[str, str] = {}     # a plain scalar's implicit tag depends on its text
+
+    def scalar(event: Any) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":    # as the composer resolves it
+            if not event.implicit[0]:
+                return event.value       # quoted: text
+            tag = plain_tags.get(event.value)
+            if tag is None:
+                tag = plain_tags[event.value] = loader.resolve(yaml.ScalarNode, event.value,
+                                                               event.implicit)
+        if tag == _STR:
+            return event.value
+        if tag == _MERGE:
+            raise _Slow
+        # int, bool, null, float, dates: SafeConstructor's own constructors
+        return loader.construct_object(yaml.ScalarNode(tag, event.value, event.start_mark,
+                                                       event.end_mark, event.style))
+
+    def node(event: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > max_nodes or depth > max_depth:
+            raise _Slow
+        if event.anchor is not None:     # unused anchors are allowed, duplicates are not
+            if event.anchor in anchors:
+                raise _Slow
+            anchors.add(event.anchor)
+        kind = type(event)
+        if kind is Scalar:
+            return scalar(event)
+        if kind is MapStart and event.tag in (None, "!", _MAP):
+            data, names = {}, set()
+            while True:
+                key = get()
+                if type(key) is MapEnd:
+                    return data
+                if type(key) is not Scalar or key.value in names:   # names: _index's check
+                    raise _Slow
+                names.add(key.value)
+                name = node(key, depth + 1)
+                data[name] = node(get(), depth + 1)
+        if kind is SeqStart and event.tag in (None, "!", _SEQ):
+            items = []
+            while True:
+                item = get()
+                if type(item) is SeqEnd:
+                    return items
+                items.append(node(item, depth + 1))
+        raise _Slow                      # an alias, or a collection with another tag
+
+    get()                                # StreamStartEvent
+    if type(get()) is yaml.StreamEndEvent:
+        return None                      # an empty file (comments only)
+    root = node(get(), 0)                # after DocumentStartEvent
+    get()                                # DocumentEndEvent
+    if type(get()) is not yaml.StreamEndEvent:
+        raise _Slow                      # a second document
+    return root
 
 
 # ---------------------------------------------------------------- pydantic errors
@@ -332,12 +441,44 @@ class _FactFile(BaseModel):
     facts: list[Fact] = []
 
 
-def read_yaml_facts(path: Path | str) -> FileContent:
-    return _facts_from(read_yaml_file(path))
+def read_yaml_facts(path: Path | str, *, positions: bool = False) -> FileContent:
+    path = Path(path)
+    return parse_yaml_facts(read_text_file(path), str(path), positions=positions)
 
 
-def parse_yaml_facts(text: str, file: str = "<yaml>") -> FileContent:
-    return _facts_from(parse_yaml(text, file))
+def parse_yaml_facts(text: str, file: str = "<yaml>", *, positions: bool = False
+                     ) -> FileContent:
+    """The file's relations and facts. `positions`: every item's file:line (the
+    position-keeping path throughout); otherwise the fast path, whose locations name only
+    the file: a bad file is still refused at file:line, and `positioned` gives the
+    lines when the merge needs them (two files disagree)."""
+    def slow() -> FileContent:
+        return _facts_from(parse_yaml(text, file))
+
+    if positions:
+        return slow()
+    with gc_paused():
+        try:
+            content = _fast_facts(fast_data(text), file)
+        except _Slow:
+            return slow()       # raises the error at its line (or reads what it accepts)
+    content.positioned = slow
+    return content
+
+
+def _fast_facts(data: Any, file: str) -> FileContent:
+    if data is None:
+        return FileContent()
+    if not isinstance(data, dict):
+        raise _Slow
+    try:
+        parsed = _FactFile.model_validate(data)
+        here = Location(file)
+        relations = [(Relation(id=rid, label=body.label, templates=list(body.templates)), here)
+                     for rid, body in parsed.relations.items()]
+    except ValidationError:
+        raise _Slow from None
+    return FileContent(relations=relations, facts=[(fact, here) for fact in parsed.facts])
 
 
 def _facts_from(doc: YamlDocument) -> FileContent:

@@ -89,7 +89,7 @@ def facts_at_revision(facts_dir: Path | str, rev: str) -> KnowledgeBase:
             target.write_bytes(data)
             shown[str(target)] = f"{rev}:{repo_path}"
         try:
-            return load_knowledge_base(root)
+            return load_knowledge_base(root, cache=False)  # the working tree stays cached
         except FactsError as err:
             raise _relocate(err, shown) from None
 
