@@ -13,53 +13,21 @@ both paths accept the same files and give the same facts.
 
 from __future__ import annotations
 
-import datetime
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kbsync.errors import FactsError
-from kbsync.facts.schema import Fact, KnowledgeBase, Name, Relation, Template, Text
+from kbsync.facts.schema import Fact, Name, Relation, Template, Text
 from kbsync.facts.source import FileContent, Location, gc_paused, read_text_file
-from kbsync.text import UNSAFE_HINT
+from kbsync.facts.yaml_document import YamlDocument, _Path
+from kbsync.facts.yaml_dump import dump_yaml, kb_to_yaml
+from kbsync.facts.yaml_report import _yaml_type, validation_error
 
 __all__ = ["YamlDocument", "parse_yaml", "read_yaml_file", "validation_error",
            "read_yaml_facts", "parse_yaml_facts", "dump_yaml", "kb_to_yaml"]
-
-_Path = tuple[str, ...]
-
-
-@dataclass
-class YamlDocument:
-    """Constructed data plus the node behind every mapping key and value."""
-
-    file: str
-    data: Any
-    values: dict[_Path, yaml.Node] = field(default_factory=dict)
-    keys: dict[_Path, yaml.Node] = field(default_factory=dict)
-
-    def node(self, path: Iterable[Any]) -> yaml.Node | None:
-        """The node at `path`, or at its longest known prefix."""
-        parts = tuple(str(p) for p in path)
-        for end in range(len(parts), -1, -1):
-            if parts[:end] in self.values:
-                return self.values[parts[:end]]
-        return None
-
-    def location(self, path: Iterable[Any], *, key: bool = False) -> Location:
-        parts = tuple(str(p) for p in path)
-        node = self.keys.get(parts) if key else None
-        node = node or self.node(parts)
-        if node is None:
-            return Location(self.file)
-        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
-
 
 # libyaml's loader composes ~15x faster than the pure-Python one and keeps the same marks.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -286,146 +254,6 @@ def _from_events(loader: Any) -> Any:
     return root
 
 
-# ---------------------------------------------------------------- pydantic errors
-
-def validation_error(err: ValidationError, doc: YamlDocument, model: type[BaseModel],
-                     prefix: tuple = ()) -> FactsError:
-    """The first problem (in file order) as a FactsError at its line."""
-    problems = []
-    for item in err.errors(include_url=False):
-        loc = prefix + tuple(p for p in item["loc"] if p != "[key]")
-        on_key = item["type"] == "extra_forbidden" or "[key]" in item["loc"]
-        location = doc.location(loc, key=on_key)
-        # A misspelt key also shows up as a missing one; the typo is the better report.
-        rank = (item["type"] == "missing", location.line or 0, location.column or 0)
-        problems.append((rank, loc, item, location))
-    problems.sort(key=lambda p: p[0])
-    _, loc, item, location = problems[0]
-    if "[key]" in item["loc"]:
-        message, hint = _describe_key(item, loc, doc)
-    else:
-        message, hint = _describe(item, loc, doc, model)
-    if len(problems) > 1:
-        message += f" ({len(problems) - 1} more problem{'s' if len(problems) > 2 else ''} in this file)"
-    return location.error(message, hint)
-
-
-def _dotted(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) or str(part).isdigit() else (
-            f".{part}" if text else str(part))
-    return text or "document"
-
-
-def _describe(item: dict, loc: tuple, doc: YamlDocument, model: type[BaseModel]
-              ) -> tuple[str, str | None]:
-    kind, value = item["type"], item.get("input")
-    name = next((str(p) for p in reversed(loc) if not isinstance(p, int)
-                 and not str(p).isdigit()), "value")
-    where = _dotted(loc)
-    if kind == "missing":
-        return f"{_dotted(loc[:-1])}: missing required key `{name}`", f"add `{name}: ...`"
-    if kind == "extra_forbidden":
-        allowed = _fields_at(model, loc)
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        return f"unknown key `{name}`", hint + f"allowed keys here: {', '.join(allowed)}"
-    if kind == "string_type":
-        return _not_text(where, name, value, doc.node(loc))
-    if kind == "value_error":
-        message = item['msg'].removeprefix('Value error, ')
-        hint = UNSAFE_HINT if "control character" in message else _value_hint(name)
-        return f"{where}: {message}", hint
-    if kind in ("list_type", "tuple_type"):
-        return (f"{where}: expected a list, got {_yaml_type(value)}",
-                f"write `{name}: [a, b]` or one `- item` per line")
-    if kind in ("dict_type", "model_type"):
-        return (f"{where}: expected a mapping (key: value lines), got {_yaml_type(value)}", None)
-    if kind == "literal_error":
-        return f"{where}: {item['msg']} (got {value!r})", None
-    if kind in ("int_type", "float_type", "bool_type", "int_parsing", "float_parsing"):
-        return f"{where}: {item['msg'].lower()} (got {value!r})", None
-    return f"{where}: {item['msg']}", None
-
-
-def _describe_key(item: dict, loc: tuple, doc: YamlDocument) -> tuple[str, str | None]:
-    node = doc.keys.get(tuple(str(p) for p in loc))
-    raw = node.value if isinstance(node, yaml.ScalarNode) else str(loc[-1])
-    if item["type"] == "string_type":
-        return (f"{_dotted(loc[:-1])}: key `{raw}` is read by YAML as "
-                f"{_yaml_type(item.get('input'))}, not as text", f'quote it: "{raw}":')
-    return (f"{_dotted(loc[:-1])}: key `{raw}`: {item['msg'].removeprefix('Value error, ')}",
-            None)
-
-
-def _not_text(where: str, name: str, value: Any, node: yaml.Node | None
-              ) -> tuple[str, str | None]:
-    if value is None:
-        return (f"{where}: is empty",
-                f"write a value after `{name}:` (quote it if it is meant to be empty text)")
-    raw = node.value if isinstance(node, yaml.ScalarNode) else repr(value)
-    if isinstance(value, (bool, int, float, datetime.date)):
-        return (f"{where}: YAML reads `{raw}` as {_yaml_type(value)} {value!r}, not as text",
-                f"quote it: {name}: \"{raw}\"")
-    return f"{where}: expected text, got {_yaml_type(value)}", None
-
-
-def _value_hint(name: str) -> str | None:
-    return {"object": "give the fact an object, e.g. `object: France`",
-            "subject": "give the fact a subject, e.g. `subject: Eiffel Tower`"}.get(name)
-
-
-def _yaml_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, datetime.date):
-        return "a date"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return "text" if isinstance(value, str) else type(value).__name__
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the model found at loc[:-1] (for "did you mean" hints)."""
-    current: Any = model
-    for part in loc[:-1]:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return []
-            current = info.annotation
-        elif typing.get_origin(current) in (list, dict):
-            current = typing.get_args(current)[-1]
-        else:
-            return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = args[0] if len(args) == 1 else tp
-            if len(args) != 1:
-                return tp
-        else:
-            return tp
-
-
 # ---------------------------------------------------------------- fact files
 
 class _RelationBody(BaseModel):
@@ -511,38 +339,3 @@ def _fact_location(doc: YamlDocument, i: int) -> Location:
               if ("facts", str(i), name) in doc.values}
     base = doc.location(("facts", i))
     return Location(base.file, base.line, base.column, fields)
-
-
-# ---------------------------------------------------------------- writing
-
-class _Dumper(yaml.SafeDumper):
-    # Indent list items under their key ("facts:\n  - subject: ..."), as people write it.
-    def increase_indent(self, flow: bool = False, indentless: bool = False):
-        return super().increase_indent(flow, False)
-
-
-def dump_yaml(relations: Iterable[Relation] = (), facts: Iterable[Fact] = (),
-              header: str | None = None) -> str:
-    """A fact file: `version: 1`, then relations by id, then facts in the given order."""
-    doc: dict[str, Any] = {"version": 1}
-    rels = {r.id: {"label": r.label, "templates": list(r.templates)}
-            for r in sorted(relations, key=lambda r: _natural(r.id))}
-    if rels:
-        doc["relations"] = rels
-    fact_list = [f.model_dump(mode="json", exclude_defaults=True) for f in facts]
-    if fact_list:
-        doc["facts"] = fact_list
-    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-    if header:
-        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
-    return text
-
-
-def kb_to_yaml(kb: KnowledgeBase, header: str | None = None) -> str:
-    facts = sorted(kb.facts.values(), key=lambda f: f.key)
-    return dump_yaml(kb.relations.values(), facts, header)
-
-
-def _natural(rid: str) -> tuple:
-    # P17 before P103: numeric order for Wikidata ids, text order otherwise.
-    return (0, int(rid[1:]), rid) if rid[:1] == "P" and rid[1:].isdigit() else (1, 0, rid)
