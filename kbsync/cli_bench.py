@@ -6,7 +6,7 @@ import json
 
 import click
 
-from kbsync.cli import echo_json, handle_errors, json_option, main
+from kbsync.cli_base import echo_json, handle_errors, json_option, main
 
 
 def _print_table(result: dict) -> None:

@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from kbsync.cli import (Env, color_enabled, echo_json, handle_errors, json_option, main, pass_env,
-                        printable)
+from kbsync.cli_base import (Env, color_enabled, echo_json, handle_errors, json_option, main,
+                             pass_env, plan_lines, printable, refresh_progress)
 from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 
@@ -38,7 +38,6 @@ def _printer(as_json: bool):
             return
         if kind == "progress" and event.get("phase") == "refresh":
             if refresh_bar is None:
-                from kbsync.cli_sync import refresh_progress
                 refresh_bar = refresh_progress()
             refresh_bar(event["done"], event["total"])
         elif kind == "refresh":
@@ -80,7 +79,6 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
           refresh: bool, as_json: bool) -> None:
     """Plan (or take PLANFILE), edit the model in gated batches, commit snapshots."""
     from kbsync.apply import apply as run_apply
-    from kbsync.cli import plan_lines
     from kbsync.plan.plan import Plan
 
     project = env.project()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from kbsync.cli import Env, echo_json, handle_errors, json_option, main, pass_env
+from kbsync.cli_base import Env, echo_json, handle_errors, json_option, main, pass_env
 
 
 @main.command()

@@ -9,30 +9,9 @@ import time
 
 import click
 
-from kbsync.cli import Env, echo_json, handle_errors, json_option, main, pass_env, printable
+from kbsync.cli_base import (Env, echo_json, handle_errors, json_option, main, pass_env, printable,
+                             refresh_progress)
 from kbsync.errors import EXIT_CHANGES
-
-
-def refresh_progress(enabled: bool = True):
-    """A progress callback (done, total) drawing a tqdm bar on stderr (off without a TTY
-    and under `kbsync --quiet`)."""
-    from kbsync.output import progress_enabled
-
-    bar = None
-    enabled = enabled and progress_enabled()
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if not enabled or not total:
-            return
-        if bar is None:
-            from tqdm import tqdm
-            bar = tqdm(total=total, desc="refresh", unit="fact", file=sys.stderr,
-                       disable=None, leave=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-    return progress
 
 
 def cycle_line(event: dict) -> str:
