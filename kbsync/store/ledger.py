@@ -23,26 +23,8 @@ Guarantees:
 - tamper-evident: row_hash = sha256(prev_hash + canonical JSON of {"table", "seq", "at",
   and every non-NULL column}), where prev_hash is the previous seq's row_hash (genesis: 64
   zeros). `verify` recomputes the chain and names the first broken seq and table;
-- anchored: a hash chain alone cannot show rows cut off its end, or its newest row
-  rewritten with a fresh hash: whoever can write the file can rebuild the chain. So the
-  ledger's head is kept outside it too, in `ledger.anchor` next to the database (written
-  by kbsync.store.atomic: temp file, fsync, rename, fsync dir), as canonical JSON
-  {"seq", "row_hash", "prev_seq", "prev_hash"}. Each transaction, under SQLite's write lock
-  (so concurrent writers anchor in order), writes it twice: just before its COMMIT
-  *pending* (seq/row_hash = the head being committed, prev = the head before it), and
-  right after the COMMIT *settled* (prev = seq: the committed head alone). The ledger
-  must end exactly at the anchored head, or, while pending, at prev (killed before the
-  COMMIT). `verify` names any other end: rows removed from the end, the newest row
-  rewritten, rows appended by something other than kbsync, a missing or unreadable
-  anchor. Every write checks the anchor at BEGIN and refuses to go on from a ledger that
-  no longer matches it, so kbsync never re-anchors a tampered ledger. Snapshot manifests
-  also keep the head (`ledger_head`, checked by `verify(anchors)`).
-  What it cannot do: whoever rewrites BOTH the database and the anchor file consistently
-  (or deletes both) can still truncate or forge undetected: the anchor raises the bar from
-  "edit one SQLite file" to "edit two files consistently", nothing more. A kill between
-  the two anchor writes of a transaction leaves it pending, and then that one newest
-  transaction could be removed unnoticed, until the next write settles the anchor. A
-  ledger of schema 1 (before anchoring) is anchored at its head, as it is, when opened;
+- anchored: the ledger's head is also kept outside it, in `ledger.anchor`; see
+  kbsync.store.anchor for how it is written and checked, and what it cannot do;
 - atomic and durable: each append, or each `with ledger.transaction():` group, is one
   `BEGIN IMMEDIATE` transaction (WAL, synchronous=FULL), so a kill or a full disk leaves
   whole rows or none, and concurrent writers serialise instead of forking the chain.
@@ -61,7 +43,6 @@ Do not share a Ledger across fork(); open one per process (and per thread).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import uuid
@@ -72,58 +53,19 @@ from pathlib import Path
 from typing import Any
 
 from kbsync.errors import IntegrityError, KbsyncError, LockHeld
-from kbsync.store.atomic import atomic_write_text
-from kbsync.store.canonical import (NONFINITE_NAMES, canonical_json, is_sha256, sha256_hex,
-                                    utc_now)
+from kbsync.store.anchor import ANCHOR_SUFFIX, AnchorMixin
+from kbsync.store.canonical import utc_now
+from kbsync.store.ledger_schema import (EDIT_STATUSES, GENESIS, INDEXES, NOT_NULL, SCHEMA,
+                                        SCHEMA_VERSION, SQL_TYPES, TERMINAL_EVENTS, TRIGGERS,
+                                        _check_table, _decode, _normalise, _to_stored,
+                                        _trigger_sql, row_hash)
 
-GENESIS = "0" * 64
-SCHEMA_VERSION = 2          # 1: no insert triggers, no anchor file
-ANCHOR_SUFFIX = ".anchor"   # ledger.db -> ledger.anchor
-EDIT_STATUSES = ("planned", "applied", "known", "rejected", "interrupted", "skipped")
-TERMINAL_EVENTS = ("run_committed", "run_failed", "run_interrupted", "run_recovered")
-
-# Column types: text, int, real, bool (stored 0/1), json (canonical JSON text).
-SCHEMA: dict[str, dict[str, str]] = {
-    "runs": {"run_id": "text", "command": "text", "started_at": "text", "facts_hash": "text",
-             "base_snapshot": "text", "state_serial": "int", "editor": "text",
-             "hparams": "json", "plan_json": "json", "detail": "json"},
-    "edits": {"run_id": "text", "fact_key": "text", "op": "text", "old_object": "text",
-              "new_object": "text", "batch": "int", "status": "text", "reason": "text",
-              "metrics": "json", "pre_answer": "text"},
-    "gates": {"run_id": "text", "batch": "int", "metric": "text", "value": "real",
-              "threshold": "real", "passed": "bool", "detail": "json"},
-    "snapshots": {"snapshot_id": "text", "run_id": "text", "parent": "text", "serial": "int",
-                  "rollback_of": "text"},
-    "events": {"run_id": "text", "kind": "text", "detail": "json"},
-}
-NOT_NULL = {"runs": ["run_id", "command"], "edits": ["fact_key", "op", "status"],
-            "gates": ["metric"], "snapshots": ["snapshot_id", "serial"], "events": ["kind"]}
-INDEXES = {"runs": [(["run_id"], True)], "edits": [(["fact_key"], False), (["run_id"], False)],
-           "gates": [(["run_id"], False)], "snapshots": [(["snapshot_id"], False)],
-           "events": [(["run_id"], False), (["kind"], False)]}
-SQL_TYPES = {"text": str, "int": int, "real": float, "bool": int, "json": str}
+__all__ = ["ANCHOR_SUFFIX", "EDIT_STATUSES", "GENESIS", "INDEXES", "NOT_NULL", "SCHEMA",
+           "SCHEMA_VERSION", "SQL_TYPES", "TERMINAL_EVENTS", "TRIGGERS", "Ledger",
+           "new_run_id", "row_hash"]
 
 
-def _trigger_sql(table: str, action: str) -> str:
-    """The CREATE TRIGGER statement, exactly as SQLite keeps it in sqlite_master.sql."""
-    if action == "insert":
-        heads = " UNION ALL ".join(f"SELECT MAX(seq) AS s FROM {t}" for t in SCHEMA)
-        return (f"CREATE TRIGGER {table}_next_seq BEFORE INSERT ON {table} "
-                f"WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(s), 0) + 1 FROM ({heads})) "
-                f"BEGIN SELECT RAISE(ABORT, 'kbsync ledger is append-only: INSERT on {table} "
-                f"must take the next seq'); END")
-    verb = action.upper()
-    return (f"CREATE TRIGGER {table}_no_{action} BEFORE {verb} ON {table} BEGIN SELECT "
-            f"RAISE(ABORT, 'kbsync ledger is append-only: {verb} on {table} refused'); END")
-
-
-# name -> SQL; schema 1 had the update/delete ones (same text), schema 2 adds insert.
-TRIGGERS: dict[str, str] = {
-    f"{table}_{'next_seq' if action == 'insert' else 'no_' + action}": _trigger_sql(table, action)
-    for table in SCHEMA for action in ("update", "delete", "insert")}
-
-
-class Ledger:
+class Ledger(AnchorMixin):
     def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 10.0):
         import sqlite_utils
 
@@ -315,20 +257,6 @@ class Ledger:
         anchored = self._anchor_problem()
         return problems + ([anchored] if anchored else []) + self._trigger_problems()
 
-    def anchor(self) -> dict[str, Any] | None:
-        """The anchor file's content (module doc), or None when there is none."""
-        try:
-            text = self.anchor_path.read_text(encoding="utf-8")
-            anchor = json.loads(text)
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise IntegrityError(f"ledger anchor {self.anchor_path} is unreadable: {exc}") from None
-        if not _is_anchor(anchor):
-            raise IntegrityError(f"ledger anchor {self.anchor_path} is not an anchor: "
-                                 f"{text[:120]!r}")
-        return anchor
-
     # -- internals -----------------------------------------------------------------------
     def _ensure_schema(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -366,74 +294,6 @@ class Ledger:
             raise IntegrityError(f"ledger {self.path} is empty, but its anchor names seq "
                                  f"{anchor['seq']}: the ledger was deleted or replaced",
                                  hint="restore ledger.db from a backup")
-
-    # -- the anchor ----------------------------------------------------------------------
-    def _begin_anchored(self, check: bool) -> tuple[int, str]:
-        """The head at BEGIN, after checking that it is the anchored one."""
-        problem = self._anchor_problem() if check else None
-        if problem:
-            raise IntegrityError(f"ledger {self.path} no longer matches its anchor, so kbsync "
-                                 f"will not write to it: {problem}",
-                                 hint="`kbsync audit verify` lists every problem")
-        return self._head()
-
-    def _write_anchor(self, before: tuple[int, str]) -> tuple[int, str] | None:
-        """Before COMMIT: anchor the head being committed, with `before` as pending prev.
-        Returns that head when it is pending (rows were appended), else None."""
-        head = self._head()
-        if head != before:
-            self._store_anchor(head, before)
-            return head
-        if not self.anchor_path.exists():      # a new ledger: anchored at genesis
-            self._store_anchor(head, head)
-        return None
-
-    def _settle_anchor(self, head: tuple[int, str]) -> None:
-        """After COMMIT: the anchor names `head` alone, so the rows just committed cannot be
-        removed as if they had never been committed. Under the write lock again, and only if
-        no writer came in between (its own anchor supersedes this one). A failure here
-        leaves the anchor pending, which `verify` accepts: the rows are committed."""
-        conn = self.db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            return
-        try:
-            anchor = self.anchor()
-            if anchor and (anchor["seq"], anchor["row_hash"]) == head == self._head():
-                self._store_anchor(head, head)
-        except (OSError, IntegrityError):
-            pass
-        finally:
-            conn.execute("ROLLBACK")
-
-    def _store_anchor(self, head: tuple[int, str], prev: tuple[int, str]) -> None:
-        atomic_write_text(self.anchor_path, canonical_json(
-            {"seq": head[0], "row_hash": head[1], "prev_seq": prev[0], "prev_hash": prev[1]})
-            + "\n")
-
-    def _anchor_problem(self) -> str | None:
-        """Why the ledger does not end at its anchored head (module doc), or None."""
-        try:
-            anchor = self.anchor()
-        except IntegrityError as exc:
-            return exc.message
-        if anchor is None:
-            return (f"ledger anchor {self.anchor_path.name} is missing: the ledger's end "
-                    f"cannot be checked (it was deleted, or the ledger copied without it)")
-        head = self._head()
-        if head in ((anchor["seq"], anchor["row_hash"]), (anchor["prev_seq"], anchor["prev_hash"])):
-            return None
-        seq, want = anchor["seq"], anchor["row_hash"]
-        have = self._row_hash_at(seq)
-        if have is None:
-            return (f"ledger anchor: seq {seq} ({want[:12]}) is no longer in the ledger, which "
-                    f"ends at seq {head[0]}: rows were removed from its end")
-        if have != want:
-            return (f"ledger anchor: seq {seq} has row_hash {have[:12]}, anchored as "
-                    f"{want[:12]}: the row was rewritten")
-        return (f"ledger anchor: rows {seq + 1}..{head[0]} come after the anchored head: they "
-                f"were written by something other than kbsync")
 
     def _row_hash_at(self, seq: int) -> str | None:
         if seq == 0:
@@ -508,63 +368,3 @@ class Ledger:
 def new_run_id() -> str:
     """Sortable and unique: 20260131T120000Z-1a2b3c4d."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-
-
-def row_hash(table: str, row: dict[str, Any], prev_hash: str) -> str:
-    """sha256(prev_hash + canonical JSON of the row's content); see the module doc."""
-    content = {"table": table, "seq": row["seq"], "at": row["at"]}
-    content.update({c: row[c] for c in SCHEMA[table] if row.get(c) is not None})
-    return sha256_hex((prev_hash + canonical_json(content)).encode("utf-8"))
-
-
-def _is_anchor(value: Any) -> bool:
-    return (isinstance(value, dict)
-            and all(type(value.get(k)) is int and value[k] >= 0 for k in ("seq", "prev_seq"))
-            and all(is_sha256(value.get(k)) for k in ("row_hash", "prev_hash")))
-
-
-def _check_table(table: str) -> None:
-    if table not in SCHEMA:
-        raise KbsyncError(f"no ledger table {table!r}; tables: {', '.join(SCHEMA)}")
-
-
-def _normalise(table: str, row: dict[str, Any]) -> dict[str, Any]:
-    """The row exactly as SQLite will store it, so hashing before and after agree."""
-    _check_table(table)
-    unknown = set(row) - set(SCHEMA[table])
-    if unknown:
-        raise KbsyncError(f"unknown {table} columns: {', '.join(sorted(unknown))}")
-    missing = [c for c in NOT_NULL[table] if row.get(c) is None]
-    if missing:
-        raise KbsyncError(f"{table} row needs {', '.join(missing)}")
-    return {c: _to_stored(table, c, kind, row.get(c)) for c, kind in SCHEMA[table].items()}
-
-
-def _to_stored(table: str, column: str, kind: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind == "json":
-        return canonical_json(value, nonfinite="text")
-    if kind == "text" and isinstance(value, str):
-        return value
-    if kind in ("int", "bool") and isinstance(value, (bool, int)):
-        return int(value)
-    if kind == "real" and isinstance(value, (bool, int, float)):
-        value = float(value)
-        return value if math.isfinite(value) else NONFINITE_NAMES[repr(value)]
-    raise KbsyncError(f"{table}.{column} expects {kind}, got {type(value).__name__}: {value!r}")
-
-
-def _decode(table: str, row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for column, kind in SCHEMA[table].items():
-        value = out.get(column)
-        if value is None:
-            continue
-        if kind == "json":
-            out[column] = json.loads(value)
-        elif kind == "bool":
-            out[column] = bool(value)
-        elif kind == "real" and isinstance(value, str):
-            out[column] = float(value)  # "NaN", "Infinity", "-Infinity"
-    return out
