@@ -28,9 +28,9 @@ from kbsync.evaluate.metrics import exact_match, rewrite_scores, snapshot_scores
 from kbsync.lm import arch
 from kbsync.lm.score import next_token_top1, perplexity
 from kbsync.output import progress_enabled
+from kbsync.report.norms import frobenius_norm
 
 EXACT_MATCH_CASES = 1000     # greedy decoding is the slowest score: the first 1,000 cases
-from kbsync.report.norms import frobenius_norm
 
 
 def inference_slowdown(lm, texts: list[str], repeats: int = 3) -> float:

@@ -51,8 +51,8 @@ class RLSEdit(KeyMemory, LocateThenEdit):
             lam = float(self.hp.extra.get("rls_lambda", 0.0))
             eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
             self.state[name] = spd_inverse(self.hp.mom2_weight * cov.double() + lam ** 2 * eye)
-        turns = sorted(k for k in self.state if k.startswith(f"rls.pending.{layer}."))
-        for key in sorted(turns, key=lambda k: int(k.rsplit(".", 1)[1])):
+        turns = [k for k in self.state if k.startswith(f"rls.pending.{layer}.")]
+        for key in sorted(turns, key=lambda k: int(k.rsplit(".", 1)[1])):   # in turn order
             self._fold(layer, self.state.pop(key))
         return self.state[name]
 

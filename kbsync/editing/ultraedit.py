@@ -87,6 +87,7 @@ class UltraEdit:
         self.warmup = int(x.get("warmup", 0))
         self.stop_solved = bool(x.get("stop_solved", False))
         self._stats = MomentCache()
+        self._warm: dict[int, RunningMoments] | None = None   # _initial_moments, once
         if self.eta <= 0 or self.ridge <= 0:
             raise EditorError(f"ultraedit needs eta > 0 and ridge > 0, got {self.eta}, {self.ridge}")
         self.moments: dict[int, RunningMoments] = {}
@@ -105,7 +106,7 @@ class UltraEdit:
     def _initial_moments(self, lm) -> dict[int, RunningMoments]:
         """The moments before the first turn: empty, or warmed up on known facts (computed
         once per editor; the first patch then carries them like any later moments)."""
-        if not hasattr(self, "_warm"):
+        if self._warm is None:
             empty = {l: RunningMoments.empty(sum(arch.dims(lm.model, l)),
                                              arch.dims(lm.model, l)[0] if self.whiten else 0)
                      for l in self.weight_layers}
