@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from kbsync.errors import IntegrityError, KbsyncError
+from kbsync.store.anchor import ANCHOR_SUFFIX
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import MIN_PREFIX, SnapshotStore
@@ -144,10 +145,28 @@ def audit_verify(project) -> list[str]:
             continue        # a damaged manifest is already among the problems
         if manifest.ledger_head:
             anchors[f"snapshot {sid[:12]}"] = manifest.ledger_head
+    missing = _missing_ledger(project, snapshots)
+    if missing is not None:     # a check never creates what it checks
+        return problems + missing
     with project.ledger() as ledger:
         problems += ledger.verify(anchors)
         problems += _unrecorded_problems(snapshots, ledger)
     return problems
+
+
+def _missing_ledger(project, snapshots: SnapshotStore) -> list[str] | None:
+    """None when the ledger file exists (verify it); else the problems its absence is: none
+    in a project that never ran (nothing to verify, and opening it would create one), one
+    when snapshots or the ledger's anchor say it once existed (deleted, or moved away)."""
+    path = project.kbsync_dir / "ledger.db"
+    if path.exists():
+        return None
+    traces = [f"{len(snapshots.ids())} snapshot(s)"] if snapshots.ids() else []
+    if path.with_suffix(ANCHOR_SUFFIX).exists():
+        traces.append(f"its anchor {path.with_suffix(ANCHOR_SUFFIX).name}")
+    if not traces:
+        return []
+    return [f"ledger {path} is missing, yet it existed: found {' and '.join(traces)}"]
 
 
 def _unrecorded_problems(snapshots: SnapshotStore, ledger) -> list[str]:

@@ -16,9 +16,11 @@ older checkouts put the default model there).
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["kbsync_home", "cache_dir", "models_dir", "checkout_root"]
+__all__ = ["kbsync_home", "cache_dir", "models_dir", "checkout_root", "replace_cache_file"]
 
 
 def _env_path(name: str) -> Path | None:
@@ -54,3 +56,22 @@ def checkout_root() -> Path | None:
     if root.name in ("site-packages", "dist-packages") or not (root / "pyproject.toml").is_file():
         return None
     return root
+
+
+def replace_cache_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Fill the cache file `path` through `write(temp_path)`, then rename it into place.
+
+    The temp file's name is unique (two processes filling one cache entry at once, e.g.
+    `kbsync watch` beside `kbsync apply`, never share it: with a fixed `.tmp` name the
+    second rename finds no file, or installs the other's half-written one), and a reader
+    sees the old file or the whole new one, never a part. Caches need no fsync: a lost
+    entry is measured again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

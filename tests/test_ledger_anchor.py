@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from ledger_tamper import _project, _raw, _twelve_rows
 
-from kbsync.cli import main
+from kbsync.cli.main import main
 from kbsync.errors import IntegrityError
 from kbsync.store.ledger import SCHEMA, Ledger, row_hash
 
@@ -182,3 +182,24 @@ def test_kbsync_audit_verify_exits_5(tmp_path, tamper):
     result = runner.invoke(main, ["-C", str(project.root), "audit", "verify"])
     assert result.exit_code == 5, result.output
     assert "ledger anchor: seq 12" in result.output
+
+
+def test_audit_verify_of_a_fresh_project_creates_nothing(tmp_path):
+    project = _project(tmp_path)
+    result = CliRunner().invoke(main, ["-C", str(project.root), "audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert list(project.kbsync_dir.iterdir()) == []      # a check never creates a ledger
+
+
+def test_audit_verify_names_a_ledger_deleted_with_its_anchor(tmp_path):
+    project = _project(tmp_path)
+    with project.ledger() as ledger:
+        _twelve_rows(ledger)
+    (project.kbsync_dir / "snapshots").mkdir()
+    (project.kbsync_dir / "snapshots" / f"{'ab' * 32}.json").write_text("{}")
+    for p in project.kbsync_dir.glob("ledger.*"):
+        p.unlink()
+    result = CliRunner().invoke(main, ["-C", str(project.root), "audit", "verify"])
+    assert result.exit_code == 5, result.output
+    assert "ledger.db is missing" in result.output
+    assert not (project.kbsync_dir / "ledger.db").exists()

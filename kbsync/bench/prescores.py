@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from kbsync.home import replace_cache_file
 from kbsync.lm.load import cache_dir
 
 VERSION = 2          # bump when snapshot_scores changes what it measures
@@ -27,9 +28,7 @@ def cached_scores(lm, dataset: str, edits: int, offset: int, compute) -> dict:
         except Exception:        # a torn or foreign file: measure again
             path.unlink(missing_ok=True)
     scores = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{id(scores)}.tmp")
-    save_file({k: (v.contiguous() if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float64))
-               for k, v in scores.items()}, str(tmp))
-    tmp.replace(path)
+    replace_cache_file(path, lambda tmp: save_file(
+        {k: (v.contiguous() if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float64))
+         for k, v in scores.items()}, str(tmp)))
     return scores

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from kbsync.editing.hooks import capture_mlp_inputs, run
 from kbsync.lm.tokens import Batch
 from kbsync.errors import EditorError
+from kbsync.home import replace_cache_file
 from kbsync.lm.load import cache_dir
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -114,10 +115,8 @@ def second_moments(lm, layers: list[int], n_tokens: int = 200_000, corpus: str =
     bar.close()
     for l in missing:
         result[l] = sums[l] / count
-        cached[l].parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached[l].with_suffix(".tmp")
-        save_file({"mom2": result[l].contiguous()}, str(tmp), metadata={"tokens": str(count)})
-        tmp.replace(cached[l])
+        replace_cache_file(cached[l], lambda tmp, m=result[l]: save_file(
+            {"mom2": m.contiguous()}, str(tmp), metadata={"tokens": str(count)}))
     return result
 
 

@@ -10,6 +10,7 @@ import json
 from typing import Callable
 
 from kbsync.editing.stats import CORPUS, DRIFT_HOLDOUT
+from kbsync.home import replace_cache_file
 from kbsync.lm.load import cache_dir
 
 GATE_PASSAGES = 8      # apply's drift gate: cheap enough to run on every batch
@@ -27,8 +28,5 @@ def base_perplexity(fingerprint: str, reference: list[str], compute: Callable[[]
     if path.exists():
         return json.loads(path.read_text())["perplexity"]
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"perplexity": value}))
-    tmp.replace(path)
+    replace_cache_file(path, lambda tmp: tmp.write_text(json.dumps({"perplexity": value})))
     return value

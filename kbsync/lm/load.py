@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from kbsync.errors import ModelError
+from kbsync.home import replace_cache_file
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -85,10 +86,7 @@ def file_fingerprint(path: Path) -> str:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
     known[key] = digest.hexdigest()[:32]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(known))
-    os.replace(tmp, cache)
+    replace_cache_file(cache, lambda tmp: tmp.write_text(json.dumps(known)))
     return known[key]
 
 
