@@ -145,6 +145,7 @@ def compute_plan(project: Project, from_rev: str | None = None, *, refresh: bool
     committed fact and adds a drift update for each one it no longer answers
     (kbsync.sync.refresh); `progress(done, total)` follows the probing."""
     from kbsync.facts.load import load_knowledge_base
+    from kbsync.facts.source import gc_paused
     from kbsync.plan.diff import diff
     from kbsync.plan.gitrev import facts_at_revision, git_info
     from kbsync.plan.plan import Plan
@@ -154,16 +155,21 @@ def compute_plan(project: Project, from_rev: str | None = None, *, refresh: bool
         raise KbsyncError("--refresh probes the model at HEAD; it cannot be combined with "
                           "--from REV", hint="use one or the other")
     facts_dir = project.facts_dir
-    desired = load_knowledge_base(facts_dir)
-    state = read_applied_state(project.kbsync_dir)
-    applied = state.kb if from_rev is None else facts_at_revision(facts_dir, from_rev)
-    requests, report = diff(applied, desired), None
+    # The collector off while the knowledge bases, the diff and the hash allocate: each
+    # full collection walks every object already built (at 100,000 facts it took 2.5 s of
+    # a 9 s plan: benchmarks/RESULTS.md, "Plan speed"). Not around the model's refresh.
+    with gc_paused():
+        desired = load_knowledge_base(facts_dir)
+        state = read_applied_state(project.kbsync_dir)
+        applied = state.kb if from_rev is None else facts_at_revision(facts_dir, from_rev)
+        requests, report = diff(applied, desired), None
+        facts_hash = desired.content_hash()
     if refresh:
         from kbsync.sync.refresh import drift_requests, refresh as probe
 
         report = probe(project, desired=desired, state=state, lm=lm, progress=progress)
         requests += drift_requests(report, desired)
     return Plan(requests=requests, base_serial=state.serial,
-                base_snapshot=state.snapshot_id, facts_hash=desired.content_hash(),
+                base_snapshot=state.snapshot_id, facts_hash=facts_hash,
                 facts_dir=project.relative(facts_dir), git=git_info(facts_dir),
                 from_rev=from_rev, refresh=report.summary() if report else None)

@@ -15,7 +15,8 @@ import json
 import string
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, PrivateAttr,
+                      model_validator)
 
 from kbsync.text import describe_char, first_unsafe, nfc
 
@@ -175,6 +176,7 @@ class KnowledgeBase(BaseModel):
     model_config = _STRICT
     relations: dict[str, Relation] = {}
     facts: dict[str, Fact] = {}
+    _json: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -198,6 +200,17 @@ class KnowledgeBase(BaseModel):
                 raise ValueError(f"fact {key!r} uses unknown relation {fact.relation!r}")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # the fields only: pydantic would also compare the memo of to_json
+        return (isinstance(other, KnowledgeBase) and self.relations == other.relations
+                and self.facts == other.facts)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False
+                   ) -> KnowledgeBase:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._json = None                # an updated copy is another knowledge base
+        return copy
+
     def prompts(self, fact_key: str) -> list[str]:
         """Every template of the fact's relation with its subject (a prompt fact: its
         prompt); the first is the main rewrite prompt."""
@@ -213,9 +226,12 @@ class KnowledgeBase(BaseModel):
                 "facts": {k: _fact_json(self.facts[k]) for k in sorted(self.facts)}}
 
     def to_json(self) -> str:
-        # sort_keys + fixed separators: one byte form per knowledge base.
-        return json.dumps(self.canonical(), sort_keys=True, ensure_ascii=False,
-                          separators=(",", ":"))
+        # sort_keys + fixed separators: one byte form per knowledge base. Kept once made:
+        # the model is frozen, and plan, the plan check and apply each ask (1 s at 100k).
+        if self._json is None:
+            self._json = json.dumps(self.canonical(), sort_keys=True, ensure_ascii=False,
+                                    separators=(",", ":"))
+        return self._json
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KnowledgeBase:
