@@ -1,5 +1,5 @@
 """`python -m kbsync` runs the command line."""
 
-from kbsync.cli import main
+from kbsync.cli.main import main
 
 main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from kbsync.cli import main
+from kbsync.cli.main import main
 from kbsync.history import ask
 from kbsync.project import Project
 from kbsync.store.ledger import Ledger
@@ -111,8 +111,8 @@ def cli_env(cache: Path) -> dict:
     return env
 
 
-# `python3 -m kbsync.cli` only knows init and plan (see test_apply.py::
-# test_python_m_kbsync_cli_has_every_command), so real processes start the CLI this way
+# real processes start the CLI this way (every command: test_apply.py::
+# test_python_m_kbsync_cli_has_every_command)
 KBSYNC = [sys.executable, "-m", "kbsync.cli"]
 
 

@@ -14,7 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from kbsync.cli import handle_errors, main, plan_lines
+from kbsync.cli.main import main
+from kbsync.cli.options import handle_errors
+from kbsync.cli.printers import plan_lines
 from kbsync.config import load_config
 from kbsync.errors import ConfigError, FactsError, KbsyncError, ModelError
 from kbsync.facts import load_knowledge_base

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from kbsync import __version__
-from kbsync.cli import main
+from kbsync.cli.main import main
 from kbsync.config import Config, Gates, load_config, render_config
 from kbsync.errors import ConfigError, KbsyncError
 from kbsync.facts import load_knowledge_base
@@ -237,3 +237,25 @@ def test_config_error_through_the_cli(project):
     assert result.exit_code == 1
     assert "kbsync.yaml:1:1: unknown key `edtor`" in result.stderr
     assert "did you mean `editor`?" in result.stderr
+
+
+def test_every_command_defined_is_registered_once():
+    """A command written in a kbsync.cli module but left out of main.COMMANDS (or listed
+    twice) fails here, not in a user's shell."""
+    import importlib
+    import pkgutil
+
+    import click
+
+    import kbsync.cli
+    from kbsync.cli.main import COMMANDS
+
+    defined = set()
+    for info in pkgutil.iter_modules(kbsync.cli.__path__):
+        if info.name not in ("main", "__main__"):
+            module = importlib.import_module(f"kbsync.cli.{info.name}")
+            defined |= {obj for obj in vars(module).values() if isinstance(obj, click.Command)}
+    subcommands = {c for g in defined if isinstance(g, click.Group) for c in g.commands.values()}
+    assert len(COMMANDS) == len(set(COMMANDS))
+    assert defined - subcommands == set(COMMANDS)
+    assert set(main.commands.values()) == set(COMMANDS)

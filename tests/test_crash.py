@@ -46,7 +46,7 @@ import os, sys
 import torch, transformers, safetensors, sqlite_utils           # the slow imports, once
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import kbsync.apply, kbsync.editing.memit, kbsync.editing.rebuild, kbsync.evaluate.gates
-from kbsync.cli import main
+from kbsync.cli.main import main
 from kbsync.lm.load import load_model
 load_model(sys.argv[1], device="cpu")          # imports the model and tokenizer classes
 print("ready", flush=True)

@@ -22,7 +22,7 @@ import pytest
 
 import kbsync
 from kbsync import home
-from kbsync.cli import main
+from kbsync.cli.main import main
 from kbsync.errors import ModelError
 from kbsync.facts.load import load_knowledge_base
 from kbsync.lm import default_model

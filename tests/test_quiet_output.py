@@ -77,7 +77,7 @@ def test_importing_kbsync_touches_no_library_logging():
     import subprocess
     import sys
 
-    code = ("import kbsync.cli, kbsync.cli_model, kbsync.history, kbsync.lm.load, "
+    code = ("import kbsync.cli.main, kbsync.history, kbsync.lm.load, "
             "kbsync.editing.prefix\n"
             "from transformers.utils import logging as l\n"
             "print(l.get_verbosity(), l.is_progress_bar_enabled())")
@@ -148,13 +148,12 @@ def _apply_events() -> list[dict]:
 def test_quiet_hides_progress_lines_and_bars_but_not_rejections(level, capsys, monkeypatch):
     import tqdm
 
-    from kbsync.cli_model import _printer
-    from kbsync.cli_sync import refresh_progress
+    from kbsync.cli.printers import event_printer, refresh_progress
 
     bars = []
     monkeypatch.setattr(tqdm, "tqdm", lambda *a, **k: bars.append(k) or _NoBar())
     output.set_verbosity(level)
-    emit = _printer(False)
+    emit = event_printer(False)
     for event in _apply_events():
         emit(event)
     refresh_progress()(1, 2)

@@ -1,7 +1,9 @@
 """Hyperparameters of the locate-then-edit editors, resolved from data files:
 `hparams/<editor>.yaml` holds `defaults`, then per `family` (model_type), then per `model`
 (`<model_type>-<layers>x<hidden>`, e.g. `llama-30x576` for the default SmolLM2), then the
-user's overrides from kbsync.yaml. Later entries win. `<wrapper>+<inner>` reads both files."""
+user's overrides from kbsync.yaml. Later entries win. `<wrapper>+<inner>` reads both files.
+A file with `base: front_end` reads hparams/front_end.yaml under it: the MEMIT-family
+front end's defaults and layers per family, kept in that one table."""
 
 from __future__ import annotations
 
@@ -56,11 +58,19 @@ def model_key(config) -> str:
     return f"{config.model_type}-{config.num_hidden_layers}x{config.hidden_size}"
 
 
-def resolve_hparams(editor: str, config, overrides: dict | None = None) -> HParams:
-    # a wrapper around an editor (`lyaplock+alphaedit`) reads both files, level by level,
-    # the wrapper's values over the inner editor's: defaults < family < model < overrides
+def hparams_files(editor: str) -> list[dict]:
+    """The data files an editor resolves, lowest first: the shared bases they name
+    (`base: front_end`), then the inner editor's, then a wrapper's (`lyaplock+alphaedit`)."""
     files = [HPARAMS_DIR / f"{name}.yaml" for name in reversed(editor.split("+"))]
     datas = [yaml.safe_load(p.read_text()) or {} for p in files if p.exists()]
+    bases = list(dict.fromkeys(d["base"] for d in datas if "base" in d))
+    return [yaml.safe_load((HPARAMS_DIR / f"{b}.yaml").read_text()) for b in bases] + datas
+
+
+def resolve_hparams(editor: str, config, overrides: dict | None = None) -> HParams:
+    # level by level over the files, a later file's values over an earlier's:
+    # defaults < family < model < overrides
+    datas = hparams_files(editor)
     merged: dict = {}
     for data in datas:
         merged.update(data.get("defaults", {}))

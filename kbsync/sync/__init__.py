@@ -5,5 +5,5 @@
     watch.py    the observer (inotify, polling fallback), signals, the watch loop
     cycle.py    one watch cycle: plan + apply with the gates, summarised as one event
 
-Library code only; the commands are in kbsync/cli_sync.py.
+Library code only; the commands are in kbsync/cli/sync.py.
 """

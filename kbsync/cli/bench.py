@@ -6,7 +6,7 @@ import json
 
 import click
 
-from kbsync.cli_base import echo_json, handle_errors, json_option, main
+from kbsync.cli.options import echo_json, handle_errors, json_option
 
 
 def _print_table(result: dict) -> None:
@@ -27,7 +27,7 @@ def _progress_line(record: dict) -> None:
     click.echo(json.dumps(shown), err=True)
 
 
-@main.group()
+@click.group()
 def bench() -> None:
     """Benchmarks: edit quality on real data, and speed against the machine's floor."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import click
 
-from kbsync.cli_base import Env, echo_json, handle_errors, json_option, main, pass_env
+from kbsync.cli.options import Env, echo_json, handle_errors, json_option, pass_env
 
 
-@main.command()
+@click.command()
 @click.option("-o", "--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Folder to write index.html and the PNGs into  [default: .kbsync/report]")
 @json_option

@@ -2,7 +2,7 @@
 
 Adding a command:
 
-    @main.command()
+    @click.command()
     @json_option
     @pass_env
     @handle_errors
@@ -23,14 +23,13 @@ import sys
 import click
 
 from kbsync.errors import EXIT_CHANGES
-from kbsync.cli_base import (Env, color_enabled, echo_json, handle_errors, json_option, main,
-                             pass_env, plan_lines, printable, refresh_progress)
-
-__all__ = ["main", "Env", "pass_env", "json_option", "handle_errors", "echo_json", "printable",
-           "plan_lines"]
+from kbsync.cli.options import (Env, color_enabled, echo_json, handle_errors, json_option,
+                                pass_env)
+from kbsync.cli.printers import plan_lines, refresh_progress
 
 
-@main.command()
+
+@click.command()
 @click.argument("directory", required=False, default=".", metavar="[DIR]")
 @click.option("--model", default="default", show_default=True,
               help='A Hugging Face model folder, or "default".')
@@ -57,7 +56,7 @@ def init(env: Env, directory: str, model: str, editor: str, as_json: bool) -> No
     click.echo("Next: kbsync plan")
 
 
-@main.command()
+@click.command()
 @json_option
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Save the plan as JSON for `kbsync apply FILE`.")
@@ -91,7 +90,7 @@ def plan(env: Env, as_json: bool, out: str | None, detailed_exitcode: bool,
         sys.exit(EXIT_CHANGES)
 
 
-@main.command()
+@click.command()
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--lock-timeout", default=0.0, show_default=True, metavar="S",
               help="Seconds to wait for another kbsync holding the project lock.")
@@ -111,12 +110,3 @@ def gc(env: Env, dry_run: bool, lock_timeout: float, as_json: bool) -> None:
     click.echo(f"{verb} {len(result['temp_files'])} temp file(s), {len(result['manifests'])} "
                f"uncommitted manifest(s), {len(result['objects'])} unreferenced object(s): "
                f"{result['bytes']} bytes.")
-
-
-from kbsync import cli_model  # noqa: E402,F401  (registers apply, log, show, ... on main)
-from kbsync import cli_report  # noqa: E402,F401  (registers report)
-from kbsync import cli_bench  # noqa: E402,F401  (registers bench quality / speed)
-from kbsync import cli_sync  # noqa: E402,F401  (registers watch, refresh)
-
-if __name__ == "__main__":  # `python -m kbsync.cli`: the commands above and the imported
-    main()                  # modules all registered on kbsync.cli_base.main

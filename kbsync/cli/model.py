@@ -9,63 +9,14 @@ import sys
 
 import click
 
-from kbsync.cli_base import (Env, color_enabled, echo_json, handle_errors, json_option, main,
-                             pass_env, plan_lines, printable, refresh_progress)
+from kbsync.cli.options import (Env, color_enabled, echo_json, handle_errors, json_option,
+                                pass_env)
+from kbsync.cli.printers import event_printer, plan_lines
+from kbsync.text import printable
 from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 
-def _printer(as_json: bool):
-    """Events as JSON lines on stdout, or short human lines and a progress bar (over the
-    edits to make) on stderr. Under `kbsync --quiet` only rejections and recovered runs
-    are printed."""
-    from kbsync.output import progress_enabled
-
-    bar = refresh_bar = None
-    quiet = not progress_enabled()
-
-    def emit(event: dict) -> None:
-        nonlocal bar, refresh_bar
-        if as_json:
-            echo_json(event)
-            return
-        kind = event.get("type")
-        if kind == "rejected":
-            click.echo(printable(f"rejected {event['key']}: gates failed "
-                                 f"({', '.join(event['failed'])})"), err=True)
-        elif kind == "recovered":
-            click.echo(f"recorded interrupted run {event['run_id']}", err=True)
-        if quiet:
-            return
-        if kind == "progress" and event.get("phase") == "refresh":
-            if refresh_bar is None:
-                refresh_bar = refresh_progress()
-            refresh_bar(event["done"], event["total"])
-        elif kind == "refresh":
-            click.echo(f"refresh: {event['probed']} committed fact(s) probed, "
-                       f"{event['drifted']} drifted", err=True)
-        if kind == "edits" and event["total"]:
-            from tqdm import tqdm
-            click.echo(f"{event['known']} already known, {event['skipped']} skipped, "
-                       f"{event['total']} to edit", err=True)
-            bar = tqdm(total=event["total"], desc="edits", unit="edit", file=sys.stderr,
-                       disable=None, leave=False)
-        elif kind in ("commit", "rejected") and bar is not None:
-            bar.update(event.get("edits", 1))
-        elif kind == "summary" and bar is not None:
-            bar.close()
-        if kind == "batch_start":
-            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
-        elif kind == "gates":
-            failed = [c["metric"] for c in event["checks"] if not c["passed"]]
-            text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)
-            click.echo(f"batch {event['batch']}: {text}", err=True)
-        elif kind == "commit":
-            click.echo(f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})",
-                       err=True)
-    return emit
-
-
-@main.command()
+@click.command()
 @click.argument("planfile", required=False, type=click.Path(dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Apply without asking for confirmation.")
 @click.option("--lock-timeout", default=0.0, show_default=True, metavar="S",
@@ -101,7 +52,7 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
             raise KbsyncError("no terminal to confirm on", hint="pass --auto-approve")
         return click.confirm("Apply these changes to the model?", err=True)
 
-    result = run_apply(project, plan, lock_timeout=lock_timeout, emit=_printer(as_json),
+    result = run_apply(project, plan, lock_timeout=lock_timeout, emit=event_printer(as_json),
                        confirm=confirm, refresh=refresh)
     if not as_json:
         if result.run_id is None:
@@ -114,7 +65,7 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
                 click.echo(f"  rejected: {printable(key)}")
 
 
-@main.command()
+@click.command()
 @click.option("-n", "--limit", type=click.IntRange(min=0), metavar="N",
               help="Only the newest N entries.")
 @json_option
@@ -140,7 +91,7 @@ def log(env: Env, limit: int | None, as_json: bool) -> None:
                        f"{entry['created_at']}  {entry['outcome'] or 'open'}")
 
 
-@main.command()
+@click.command()
 @click.argument("ref")
 @json_option
 @pass_env
@@ -155,7 +106,7 @@ def show(env: Env, ref: str, as_json: bool) -> None:
     echo_json(result) if as_json else click.echo(json.dumps(result, indent=2, default=str))
 
 
-@main.group()
+@click.group()
 def audit() -> None:
     """Integrity checks of the ledger and the snapshot store."""
 
@@ -180,7 +131,7 @@ def audit_verify(env: Env, as_json: bool) -> None:
         sys.exit(EXIT_INTEGRITY)
 
 
-@main.command()
+@click.command()
 @click.argument("prompts", nargs=-1, metavar="[PROMPT]...")
 @click.option("-f", "--file", "prompt_file", type=click.Path(dir_okay=False, allow_dash=True),
               metavar="FILE", help="Also ask each line of FILE (blank lines skipped; - for stdin).")
@@ -214,7 +165,7 @@ def ask(env: Env, prompts: tuple[str, ...], prompt_file: str | None, snapshot: s
         click.echo(printable(result["prompt"] + (lines[0] if lines else "")))
 
 
-@main.command()
+@click.command()
 @click.argument("ref")
 @click.option("--lock-timeout", default=0.0, show_default=True, metavar="S")
 @json_option
@@ -229,7 +180,7 @@ def rollback(env: Env, ref: str, lock_timeout: float, as_json: bool) -> None:
         f"HEAD is now {result['snapshot'][:12]}, the state of {result['rollback_of'][:12]}")
 
 
-@main.command()
+@click.command()
 @click.argument("args", nargs=-1, required=True, metavar="[ID] DIR")
 @json_option
 @pass_env
@@ -246,7 +197,7 @@ def export(env: Env, args: tuple[str, ...], as_json: bool) -> None:
         f"exported snapshot {result['snapshot'][:12]} to {result['directory']}")
 
 
-@main.command()
+@click.command()
 @json_option
 def editors(as_json: bool) -> None:
     """List the editing methods."""
@@ -258,7 +209,7 @@ def editors(as_json: bool) -> None:
         echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<{width}} {desc}")
 
 
-@main.group()
+@click.group()
 def ledger() -> None:
     """The ledger (.kbsync/ledger.db) in other tools."""
 
@@ -275,7 +226,7 @@ def ledger_datasette_metadata(as_json: bool) -> None:
     echo_json({"type": "datasette_metadata", "path": str(path)}) if as_json else click.echo(path)
 
 
-@main.group()
+@click.group()
 def model() -> None:
     """The embedded default model."""
 

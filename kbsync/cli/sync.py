@@ -9,8 +9,9 @@ import time
 
 import click
 
-from kbsync.cli_base import (Env, echo_json, handle_errors, json_option, main, pass_env, printable,
-                             refresh_progress)
+from kbsync.cli.options import Env, echo_json, handle_errors, json_option, pass_env
+from kbsync.cli.printers import event_printer, refresh_progress
+from kbsync.text import printable
 from kbsync.errors import EXIT_CHANGES
 
 
@@ -36,7 +37,7 @@ def cycle_line(event: dict) -> str:
     return f"{stamp} cycle {event['cycle']} ({event['trigger']}): {text} [{event['seconds']:.1f}s]"
 
 
-@main.command("watch")
+@click.command("watch")
 @click.argument("directory", required=False, default=".", metavar="[DIR]")
 @click.option("--debounce", default=1.0, show_default=True, type=click.FloatRange(min=0),
               metavar="S", help="Seconds of quiet after a change before a cycle starts.")
@@ -58,7 +59,6 @@ def watch_command(env: Env, directory: str, debounce: float, polling: bool,
     A bad fact file is reported with file:line and the watch goes on. SIGINT/SIGTERM
     finish the batch in flight and exit 0.
     """
-    from kbsync.cli_model import _printer
     from kbsync.project import find_project
     from kbsync.sync.watch import watch
 
@@ -79,12 +79,12 @@ def watch_command(env: Env, directory: str, debounce: float, polling: bool,
         elif event["type"] == "stopped" and chatty:
             click.echo(f"stopped after {event['cycles']} cycle(s)", err=True)
 
-    inner = (lambda event: None) if as_json else _printer(False)
+    inner = (lambda event: None) if as_json else event_printer(False)
     watch(project, debounce=debounce, polling=polling, poll_interval=poll_interval,
           lock_timeout=lock_timeout, emit=emit, inner_emit=inner)
 
 
-@main.command("refresh")
+@click.command("refresh")
 @click.option("--check", is_flag=True,
               help=f"Exit {EXIT_CHANGES} when drift is found (for CI); never edits.")
 @json_option

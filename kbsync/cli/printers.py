@@ -1,0 +1,114 @@
+"""Printers more than one command uses: the plan's lines, the refresh progress bar, and
+the event printer of apply, refresh and watch (human lines on stderr, or JSON lines)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kbsync.cli.options import echo_json
+from kbsync.text import printable
+
+
+_OP_STYLE = {"add": ("+", "green"), "update": ("~", "yellow"), "remove": ("-", "red")}
+
+
+def plan_lines(plan) -> list[str]:
+    """Human plan output, one line per request, then the summary line."""
+    lines = []
+    for r in plan.requests:
+        sign, color = _OP_STYLE[r.op]
+        if r.op == "add":
+            text = f"{sign} add  {r.fact_key}: {r.new_object}"
+        elif r.reason == "drift":
+            text = f"{sign} drift  {r.fact_key}: {r.new_object} (the model answers {r.observed!r})"
+        elif r.op == "update":
+            text = f"{sign} update {r.fact_key}: {r.old_object} -> {r.new_object}"
+        else:
+            text = f"{sign} remove {r.fact_key}: {r.old_object}"
+        if r.reason not in ("diff", "drift"):
+            text += f"  ({r.reason})"
+        # fact text is escaped: a control sequence in it must not rewrite the plan on screen
+        lines.append(click.style(printable(text), fg=color))
+    counts = plan.summary()
+    if not plan.requests:
+        lines.append("No changes.")
+    else:
+        drift = f" ({counts['drift']} drifted)" if counts.get("drift") else ""
+        lines += ["", f"Plan: {counts['add']} to add, {counts['change']} to change{drift}, "
+                      f"{counts['remove']} to remove."]
+    return lines
+
+
+def refresh_progress(enabled: bool = True):
+    """A progress callback (done, total) drawing a tqdm bar on stderr (off without a TTY
+    and under `kbsync --quiet`)."""
+    from kbsync.output import progress_enabled
+
+    bar = None
+    enabled = enabled and progress_enabled()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if not enabled or not total:
+            return
+        if bar is None:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc="refresh", unit="fact", file=sys.stderr,
+                       disable=None, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return progress
+
+
+def event_printer(as_json: bool):
+    """Events as JSON lines on stdout, or short human lines and a progress bar (over the
+    edits to make) on stderr. Under `kbsync --quiet` only rejections and recovered runs
+    are printed."""
+    from kbsync.output import progress_enabled
+
+    bar = refresh_bar = None
+    quiet = not progress_enabled()
+
+    def emit(event: dict) -> None:
+        nonlocal bar, refresh_bar
+        if as_json:
+            echo_json(event)
+            return
+        kind = event.get("type")
+        if kind == "rejected":
+            click.echo(printable(f"rejected {event['key']}: gates failed "
+                                 f"({', '.join(event['failed'])})"), err=True)
+        elif kind == "recovered":
+            click.echo(f"recorded interrupted run {event['run_id']}", err=True)
+        if quiet:
+            return
+        if kind == "progress" and event.get("phase") == "refresh":
+            if refresh_bar is None:
+                refresh_bar = refresh_progress()
+            refresh_bar(event["done"], event["total"])
+        elif kind == "refresh":
+            click.echo(f"refresh: {event['probed']} committed fact(s) probed, "
+                       f"{event['drifted']} drifted", err=True)
+        if kind == "edits" and event["total"]:
+            from tqdm import tqdm
+            click.echo(f"{event['known']} already known, {event['skipped']} skipped, "
+                       f"{event['total']} to edit", err=True)
+            bar = tqdm(total=event["total"], desc="edits", unit="edit", file=sys.stderr,
+                       disable=None, leave=False)
+        elif kind in ("commit", "rejected") and bar is not None:
+            bar.update(event.get("edits", 1))
+        elif kind == "summary" and bar is not None:
+            bar.close()
+        if kind == "batch_start":
+            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
+        elif kind == "gates":
+            failed = [c["metric"] for c in event["checks"] if not c["passed"]]
+            text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)
+            click.echo(f"batch {event['batch']}: {text}", err=True)
+        elif kind == "commit":
+            click.echo(f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})",
+                       err=True)
+    return emit
