@@ -200,13 +200,23 @@ def export(env: Env, args: tuple[str, ...], as_json: bool) -> None:
 @click.command()
 @json_option
 def editors(as_json: bool) -> None:
-    """List the editing methods."""
-    from kbsync.editing.registry import editor_names
+    """List the editing methods, each with its measured trade-off on the default model
+    (benchmarks/RESULTS.md)."""
+    from kbsync.editing.registry import editor_names, measured_tradeoffs, tradeoff_line
 
-    names = editor_names()
+    names, measured = editor_names(), measured_tradeoffs()
     width = max(map(len, names))       # composite names (lyaplock+alphaedit) are long
     for name, desc in names.items():
-        echo_json({"name": name, "description": desc}) if as_json else click.echo(f"{name:<{width}} {desc}")
+        runs = measured.get(name, [])
+        if as_json:
+            echo_json({"name": name, "description": desc, "measured": runs})
+            continue
+        click.echo(f"{name:<{width}} {desc}")
+        for run in runs:
+            click.echo(f"{'':<{width}}   measured: {tradeoff_line(run)}")
+    if not as_json:
+        click.echo("\nmeasured: default model, 2-core CPU; commands and the whole tables in "
+                   "benchmarks/RESULTS.md")
 
 
 @click.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
 from kbsync.errors import EditorError
 
@@ -80,3 +81,26 @@ def make_editor(name: str, model_config, overrides: dict | None = None):
         overrides = {**(overrides or {}), "regularizer": reg}
     module, cls = EDITORS[name][0].split(":")
     return getattr(import_module(module), cls)(resolve_hparams(name, model_config, overrides))
+
+
+MEASURED = Path(__file__).resolve().parents[1] / "data" / "editors-measured.yaml"
+
+
+def measured_tradeoffs() -> dict[str, list[dict]]:
+    """Per editor, the runs benchmarks/RESULTS.md reports on the default model (copied into
+    kbsync/data/editors-measured.yaml, which names each one's section): what `kbsync
+    editors` prints next to the summaries. Editors never measured have no entry."""
+    import yaml
+
+    return yaml.safe_load(MEASURED.read_text(encoding="utf-8")) or {}
+
+
+def tradeoff_line(run: dict) -> str:
+    """One measured run as a short line: `500 CounterFact edits (batch 10): efficacy 0.98,
+    generalization 0.86, locality 0.67, ppl drift +0.172, 2.21 s/edit`."""
+    dataset = {"counterfact": "CounterFact", "zsre": "zsRE"}.get(run["dataset"], run["dataset"])
+    note = f" ({run['note']})" if run.get("note") else ""
+    return (f"{run['edits']:,} {dataset} edits (batch {run['batch']}): efficacy "
+            f"{run['efficacy']:.2f}, generalization {run['generalization']:.2f}, locality "
+            f"{run['locality']:.2f}, ppl drift {run['ppl_drift']:+.3f}, "
+            f"{run['s_per_edit']:g} s/edit{note}")
