@@ -5,11 +5,14 @@ or gradient features: gradients.py) -> solve (one file per editor) -> patch (pat
 -> accept (the editor folds the patch's state update into its memory).
 
 Adding an editor:
-1. its own module: a class with `name`, `hp`, `last_stats`, `clock`, `weight_layers`,
-   `covariances(lm)`, `solve_flops(d_in, n)`, `edit(lm, specs) -> patch`,
-   `accept(patch)`, `state_dict()` / `load_state_dict()`; a locate-then-edit editor
-   subclasses `base.LocateThenEdit` and writes only `solve` (and its memory, if any);
-2. `hparams/<name>.yaml`: defaults, then per family and per model;
+1. its own module: a class that is a `contract.Editor` (`name`, `hp`, `last_stats`,
+   `clock`, `weight_layers`, `covariances(lm)`, `edit(lm, specs) -> Patch`,
+   `accept(patch)`, `state_dict()` / `load_state_dict()`;
+   tests/test_editor_contract.py checks it); a locate-then-edit editor subclasses
+   `base.LocateThenEdit` and writes only `solve` (and its memory, if any), a side-memory
+   editor `side.base.SideEditor` and writes `update` and its `SideMemory`;
+2. `hparams/<name>.yaml`: defaults, then per family and per model; a MEMIT-family
+   editor says `base: front_end` and lists only what differs from hparams/front_end.yaml;
 3. one line in `registry.EDITORS` (name -> "module:Class", summary), which keeps
    `kbsync plan` from importing torch;
 4. its tests: an edit lands on the tiny models of every family, an unrelated prompt

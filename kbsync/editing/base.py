@@ -1,8 +1,5 @@
-"""The Editor protocol and the shared locate-then-edit loop.
-
-    editor.edit(lm, specs) -> patch      computes; leaves the model as it found it
-    editor.accept(patch)                 folds the patch's state update into the memory
-    editor.state_dict() / load_state_dict(state)
+"""The shared locate-then-edit loop (the contract every editor keeps:
+kbsync/editing/contract.py).
 
 Locate-then-edit editors (MEMIT, AlphaEdit, ...) share everything but `solve`: target
 vectors at the top edited layer, then for each edited layer from the lowest up, the
@@ -11,8 +8,6 @@ edited so far (MEMIT's spread), and the editor's solve turns them into Î” = U Vá
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 
@@ -28,15 +23,6 @@ from kbsync.editing.stats import MomentCache
 from kbsync.editing.targets import optimise_targets
 from kbsync.errors import EditorError
 from kbsync.lm import arch
-
-
-class Editor(Protocol):
-    name: str
-
-    def edit(self, lm, specs: list[EditSpec]) -> WeightPatch: ...
-    def accept(self, patch: WeightPatch) -> None: ...
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class LocateThenEdit:

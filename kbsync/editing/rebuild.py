@@ -7,14 +7,16 @@ project passed in brings its snapshots (`project.snapshots()`, a SnapshotStore).
 
 from __future__ import annotations
 
+from kbsync.editing.contract import Editor
 from kbsync.editing.patch import load_patch
 from kbsync.editing.registry import make_editor
 from kbsync.editing.side.memory import attach_memory_tensors
 from kbsync.errors import IntegrityError
-from kbsync.lm.load import load_model
+from kbsync.lm.load import LoadedModel, load_model
 
 
-def load_at(project, snapshot_id: str | None, *, with_editor: bool = True):
+def load_at(project, snapshot_id: str | None, *, with_editor: bool = True
+            ) -> tuple[LoadedModel, Editor | None]:
     """(lm, editor) for a snapshot (None: the base model). The editor is the snapshot's
     (or the config's, at the base) with its memory restored."""
     cfg = project.config

@@ -87,6 +87,65 @@ class CaseMemory(SideMemory):
         return changed.view_as(out)
 
 
+class ColumnTable:
+    """CASE's columns as one table: column c writes FFN neuron `neuron[c]` for subspace
+    `sub[c]`; the first `n_old` are the memory's, their values (scaled back) in `old_values`."""
+
+    def __init__(self, neuron: list[int], sub: list[int], old_values: torch.Tensor):
+        self.neuron, self.sub, self.old_values, self.n_old = neuron, sub, old_values, len(neuron)
+
+    @classmethod
+    def from_memory(cls, t: dict, empty: torch.Tensor) -> ColumnTable:
+        if "columns" not in t:
+            return cls([], [], empty)
+        return cls(t["column_neuron"].long().tolist(), t["column_subspace"].long().tolist(),
+                   t["columns"].float() * t["column_scale"][:, None])
+
+    def of(self, s: int) -> list[int]:
+        return [c for c in range(len(self.neuron)) if self.sub[c] == s]
+
+    def neurons_of(self, s: int) -> set[int]:
+        return {self.neuron[c] for c, sub in enumerate(self.sub) if sub == s}
+
+    def add(self, neuron: int, s: int) -> None:
+        self.neuron.append(neuron)
+        self.sub.append(s)
+
+    def reference(self, s: int, members: list[int], keys, grads):
+        """Subspace s's columns and their direction: stored values, less one descent step
+        of each of this batch's edits already placed there."""
+        cols_s = self.of(s)
+        ref = torch.zeros(len(cols_s), grads.shape[-1], device=keys.device)
+        old = [c for c in cols_s if c < self.n_old]
+        if old:
+            ref[: len(old)] = self.old_values[old]
+        for m in members:
+            ref -= keys[m][:, [self.neuron[c] for c in cols_s]].T @ grads[m]
+        return cols_s, ref
+
+
+def _training_plan(t: dict, table: ColumnTable, edit_sub: list[int], d_out: int, dev) -> dict:
+    """The columns of the subspaces this batch touches (old values first, new ones zero),
+    and the earlier edits of those subspaces (trained again beside the batch)."""
+    touched = sorted(set(edit_sub))
+    train_cols = [c for c in range(len(table.neuron)) if table.sub[c] in touched]
+    cols = torch.zeros(len(train_cols), d_out, device=dev)
+    old_part = [k for k, c in enumerate(train_cols) if c < table.n_old]
+    if old_part:
+        cols[old_part] = table.old_values[[train_cols[k] for k in old_part]]
+    old_edits = []
+    if "edit_subspace" in t:
+        subs = t["edit_subspace"].long()
+        old_edits = [e for e in range(len(subs)) if int(subs[e]) in touched]
+    return {"cols": cols, "columns": train_cols, "n_old_cols": table.n_old,
+            "neuron": torch.tensor([table.neuron[c] for c in train_cols], device=dev,
+                                   dtype=torch.long),
+            "col_sub": torch.tensor([table.sub[c] for c in train_cols], device=dev),
+            "edit_sub": torch.tensor(edit_sub, device=dev),
+            "touched_old_edits": old_edits,
+            "old_sub": t["edit_subspace"].long()[old_edits].to(dev) if old_edits else None}
+
+
 class CASE(SideEditor):
     name = kind = "case"
 
@@ -179,72 +238,51 @@ class CASE(SideEditor):
         """CAA + KNT: each edit's subspace and the columns to train. Old subspaces and
         their columns come from the memory; `cols` holds the touched ones' columns, then
         the new ones (zeros)."""
-        x = self.x
-        dev = keys.device
-        if "columns" in t:
-            neuron, col_sub = t["column_neuron"].long().tolist(), t["column_subspace"].long().tolist()
-            old_cols = t["columns"].float() * t["column_scale"][:, None]
-            count = torch.bincount(t["edit_subspace"].long()).tolist()
-        else:
-            neuron, col_sub, old_cols, count = [], [], keys.new_zeros(0, grads.shape[-1]), []
-        n_old_cols = len(neuron)
+        table = ColumnTable.from_memory(t, keys.new_zeros(0, grads.shape[-1]))
+        count = torch.bincount(t["edit_subspace"].long()).tolist() if "columns" in t else []
         placed: dict[int, list[int]] = {}        # subspace -> this batch's edits placed there
         edit_sub = []
-
-        def ref_of(s: int, members: list[int]):
-            cols_s = [c for c in range(len(neuron)) if col_sub[c] == s]
-            ref = torch.zeros(len(cols_s), grads.shape[-1], device=dev)
-            old = [c for c in cols_s if c < n_old_cols]
-            if old:
-                ref[: len(old)] = old_cols[old]
-            for m in members:                              # descend for earlier members
-                ref -= keys[m][:, [neuron[c] for c in cols_s]].T @ grads[m]
-            return cols_s, ref
-
         for i in range(len(keys)):
-            best, best_cos = None, -x["conflict"]
-            for s in range(len(count)):
-                if count[s] >= x["capacity"]:
-                    continue
-                cols_s, ref = ref_of(s, placed.get(s, []))
-                g = keys[i][:, [neuron[c] for c in cols_s]].T @ grads[i]    # (k_s, d_out)
-                if float(ref.norm()) == 0:
-                    cos = 0.0
-                else:
-                    cos = float((-g * ref).sum() / (g.norm() * ref.norm()).clamp_min(1e-12))
-                if cos >= best_cos:
-                    best, best_cos = s, cos
-            if best is None:
+            best = self._compatible_subspace(i, table, count, placed, keys, grads)
+            if best is None:                     # conflicts with all: a subspace of its own
                 best = len(count)
                 count.append(0)
             count[best] += 1
             placed.setdefault(best, []).append(i)
             edit_sub.append(best)
-            have = {neuron[c] for c, sub in enumerate(col_sub) if sub == best}
-            added = 0
-            for j in fisher[i].argsort(descending=True).tolist():   # KNT: most sensitive
-                if added == x["neurons_per_edit"]:
-                    break
-                if j not in have:
-                    neuron.append(j), col_sub.append(best), have.add(j)
-                    added += 1
+            self._add_sensitive_neurons(table, best, fisher[i])
+        return _training_plan(t, table, edit_sub, grads.shape[-1], keys.device)
 
-        touched = sorted(set(edit_sub))
-        train_cols = [c for c in range(len(neuron)) if col_sub[c] in touched]
-        cols = torch.zeros(len(train_cols), grads.shape[-1], device=dev)
-        old_part = [k for k, c in enumerate(train_cols) if c < n_old_cols]
-        if old_part:
-            cols[old_part] = old_cols[[train_cols[k] for k in old_part]]
-        old_edits = []
-        if "edit_subspace" in t:
-            subs = t["edit_subspace"].long()
-            old_edits = [e for e in range(len(subs)) if int(subs[e]) in touched]
-        return {"cols": cols, "columns": train_cols, "n_old_cols": n_old_cols,
-                "neuron": torch.tensor([neuron[c] for c in train_cols], device=dev, dtype=torch.long),
-                "col_sub": torch.tensor([col_sub[c] for c in train_cols], device=dev),
-                "edit_sub": torch.tensor(edit_sub, device=dev),
-                "touched_old_edits": old_edits,
-                "old_sub": t["edit_subspace"].long()[old_edits].to(dev) if old_edits else None}
+    def _compatible_subspace(self, i: int, table: ColumnTable, count: list[int],
+                             placed: dict[int, list[int]], keys, grads) -> int | None:
+        """CAA: the subspace with room whose columns' direction (their values, less the
+        descent steps of this batch's edits already placed there) agrees best with edit i's
+        gradient, if that agreement is above −conflict; None if none is."""
+        best, best_cos = None, -self.x["conflict"]
+        for s in range(len(count)):
+            if count[s] >= self.x["capacity"]:
+                continue
+            cols_s, ref = table.reference(s, placed.get(s, []), keys, grads)
+            g = keys[i][:, [table.neuron[c] for c in cols_s]].T @ grads[i]    # (k_s, d_out)
+            if float(ref.norm()) == 0:
+                cos = 0.0
+            else:
+                cos = float((-g * ref).sum() / (g.norm() * ref.norm()).clamp_min(1e-12))
+            if cos >= best_cos:
+                best, best_cos = s, cos
+        return best
+
+    def _add_sensitive_neurons(self, table: ColumnTable, s: int, fisher_i) -> None:
+        """KNT: the edit's most sensitive neurons (by Fisher) the subspace lacks become
+        new columns of it, `neurons_per_edit` of them."""
+        have, added = table.neurons_of(s), 0
+        for j in fisher_i.argsort(descending=True).tolist():
+            if added == self.x["neurons_per_edit"]:
+                break
+            if j not in have:
+                table.add(j, s)
+                have.add(j)
+                added += 1
 
     def _old_inputs(self, lm, t, edits: list[int]) -> torch.Tensor | None:
         """The layer's input at the key token of earlier edits, from their stored prompts."""

@@ -138,6 +138,80 @@ class WiseMemory(SideMemory):
         return best_side, best_score
 
 
+class ShardObjective:
+    """One batch's training problem for the open shard: Δ = base + the trained `values` at
+    the shard's mask. `side` routes as storage will (tokens scoring above ε; the key tokens
+    always, or only them with `route: key`); `margins` are WISE's, plus kbsync's general
+    and closed-memory terms; each step's Δ and key scores are computed once in `side` and
+    read by the margins and the penalty."""
+
+    def __init__(self, x: dict, values, base, where, rows, other, old_low: float, *,
+                 closed_keys=None, key_only: bool = False):
+        self.x, self.values, self.base, self.where = x, values, base, where
+        self.rows, self.other, self.old_low = rows, other, old_low
+        self.closed_keys, self.key_only = closed_keys, key_only
+        self.keys = rows.key_inputs()
+        n_edit = rows.n_edit_rows
+        self.key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=base.device)
+        self.key_tok[:n_edit, 0] = True
+        # what the closed memories give a token (see rival_of); zero without them
+        self.kept, self.rival, self.cov = torch.zeros_like(rows.out), None, None
+        self.step: dict = {}
+
+    def rival_of(self, memory, closed: int) -> None:
+        # The suffix's input does not depend on Δ, so what the closed memories give it is
+        # fixed: routed once here, not through every memory at every step (their number
+        # grows with the edits); a token the new memory takes gets its side output instead.
+        # Their score at the new keys is what the new memory must beat to keep them.
+        with torch.no_grad():
+            self.kept, score = memory.best(self.rows.x, upto=closed)
+        self.rival = score[:self.rows.n_edit_rows, 0, 0]
+
+    def delta(self) -> torch.Tensor:
+        return self.base.index_put(self.where, self.values, accumulate=True)
+
+    def side(self, xs, out):
+        # routed as it will be once stored: tokens scoring above ε (the key tokens
+        # always do; ε is at most act_ratio × their lowest score)
+        d = self.step["delta"] = self.delta()
+        key = self.step["key"] = (self.keys @ d.T).norm(dim=-1)
+        s = xs @ d.T
+        if self.key_only:
+            return out + torch.where(self.key_tok, s, self.kept)
+        with torch.no_grad():
+            eps = self.x["act_ratio"] * min(self.old_low, float(key.min()))
+            use = ((s.norm(dim=-1, keepdim=True) > eps) & self.rows.valid) | self.key_tok
+        return out + torch.where(use, s, self.kept)
+
+    def margins(self):
+        x, d, key = self.x, self.step["delta"], self.step["key"]
+        unrelated = (self.other @ d.T).norm(dim=-1)
+        out = (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
+               + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
+        if self.cov is not None:     # RMS side output over all of the statistics' text
+            out = out + torch.relu(((d @ self.cov) * d).sum().clamp_min(1e-12).sqrt()
+                                   - x["general_alpha"])
+        if self.closed_keys is not None:      # leave the closed memories' keys to them
+            out = out + torch.relu((self.closed_keys @ d.T).norm(dim=-1) - x["alpha"]).mean()
+        if self.rival is not None:            # beat the closed memories where they claim a key
+            out = out + (torch.relu(self.rival + x["gamma"] - key) * (self.rival > 0)).mean()
+        return out
+
+    def preserving(self, old_keys):
+        """The penalty keeping earlier edits' key tokens at their side output (kbsync's
+        term, module doc), measured against Δ before this batch's training."""
+        before = old_keys @ self.delta().detach().T
+        scale = before.pow(2).sum().clamp_min(1e-6)
+        weight = self.x["preserve"]
+
+        def preserve():
+            return weight * (old_keys @ self.step["delta"].T - before).pow(2).sum() / scale
+        return preserve
+
+    def clamp(self) -> None:
+        self.values.clamp_(-self.x["norm_constraint"], self.x["norm_constraint"])
+
+
 class WISE(SideEditor):
     name = kind = "wise"
 
@@ -151,119 +225,75 @@ class WISE(SideEditor):
         return self._moments.get(lm, self.hp) if self.x.get("general_alpha") is not None else {}
 
     def update(self, lm, specs, memory):
+        """Train the open shard on the batch (named steps below), then store it."""
         x, t = self.x, memory.tensors
         weight = arch.weight_of(lm.model, self.layer)
-        first = "shard" not in t
-        update: dict[str, torch.Tensor] = {}
-        if first:
-            update.update({"put.shape": torch.tensor(weight.shape), "put.seed": torch.tensor(self.hp.seed),
-                           "put.ratio": torch.tensor(x["mask_ratio"]), "put.shard_id": torch.tensor(0),
-                           "put.shard_edits": torch.tensor(0), "put.act_ratio": torch.tensor(x["act_ratio"]),
-                           "put.min_score": torch.tensor(float("inf"))})
-        retrieve = bool(x.get("retrieve", False))
+        update = self._first_put(weight) if "shard" not in t else {}
         shard_id, in_shard, start, merged, old_low = self._open_shard(t, memory, len(specs), update)
         device = weight.device
         mask = shard_mask(tuple(weight.shape), self.hp.seed, shard_id, x["mask_ratio"], device)
         values = (start if start is not None else torch.zeros(int(mask.sum()), device=device))
-        values = values.clone().requires_grad_(True)
         base = merged.to(device) if merged is not None else torch.zeros(weight.shape, device=device)
-        # with retrieve, the closed memories: their keys are out of this memory's scope, and
-        # the new keys must score above what those memories give them
-        # (the memories other than the open shard's; a shard closed just now is one of them)
+        closed, old_keys, closed_keys = self._scope(t, memory, in_shard)
+        rows, other = self._rows(lm, specs)
+        goal = ShardObjective(x, values.clone().requires_grad_(True), base,
+                              mask.nonzero(as_tuple=True), rows, other, old_low,
+                              closed_keys=closed_keys, key_only=x.get("route") == "key")
+        if closed:
+            goal.rival_of(memory, closed)
+        goal.cov = (self.covariances(lm)[self.layer].float().to(device)
+                    if x.get("general_alpha") is not None else None)
+        penalty = goal.preserving(old_keys) if old_keys is not None and x["preserve"] > 0 else None
+        with memory_off(lm.model):
+            self.last_stats = fit(rows, [goal.values], goal.side, steps=self.hp.steps,
+                                  lr=self.hp.lr, margin=goal.margins, penalty=penalty,
+                                  after_step=goal.clamp, optimizer=x.get("optimizer", "adam"))
+        with torch.no_grad():
+            low = min(old_low, float((goal.keys @ goal.delta().T).norm(dim=-1).min()))
+        update.update({"append.keys": goal.keys[:: rows.n_contexts].detach(),
+                       "put.shard": goal.values.detach(), "put.min_score": torch.tensor(low),
+                       "put.shard_edits": torch.tensor(in_shard + len(specs))})
+        return update
+
+    def _first_put(self, weight) -> dict[str, torch.Tensor]:
+        """The memory's constants, put by its first patch."""
+        x = self.x
+        return {"put.shape": torch.tensor(weight.shape), "put.seed": torch.tensor(self.hp.seed),
+                "put.ratio": torch.tensor(x["mask_ratio"]), "put.shard_id": torch.tensor(0),
+                "put.shard_edits": torch.tensor(0), "put.act_ratio": torch.tensor(x["act_ratio"]),
+                "put.min_score": torch.tensor(float("inf"))}
+
+    def _scope(self, t, memory, in_shard: int):
+        """With retrieve: how many closed memories there are (the memories other than the
+        open shard's; a shard closed just now is one of them), and the stored keys split
+        into the open shard's (its last `in_shard`) and the closed memories' (out of this
+        shard's scope: the new keys must score above what those memories give them)."""
+        retrieve = bool(self.x.get("retrieve", False))
         closed = len(memory.memories) - (in_shard > 0) if retrieve else 0
         old_keys, closed_keys = t.get("keys"), None
-        if retrieve and old_keys is not None:             # the open shard's keys are its last
+        if retrieve and old_keys is not None:
             split = len(old_keys) - in_shard
             closed_keys = old_keys[:split] if split else None
             old_keys = old_keys[split:] if in_shard else None
+        return closed, old_keys, closed_keys
 
+    def _rows(self, lm, specs):
+        """The batch's training rows, and the out-of-scope inputs: unrelated texts and the
+        edit prompts' own tokens before the key (routed there, they would change what the
+        key token reads)."""
+        x = self.x
         with memory_off(lm.model):
             key_at = x.get("key", "prompt")
             rows = build_rows(lm, specs, self.contexts(lm), self.layer, key=key_at)
-            # out of scope: unrelated texts, and the edit prompts' own tokens before the key
-            # (routed there, they would change what the key token reads)
             upto_key = [s.text if key_at == "prompt" else s.text[: render("{}", s.prompt, s.subject)[1][1]]
                         for s in specs]
             other = torch.cat([
                 layer_inputs(lm, self.rng.sample(unrelated_texts(), x["unrelated"]), self.layer),
                 layer_inputs(lm, upto_key, self.layer, but_last=True)])
-        n_edit, keys = rows.n_edit_rows, rows.key_inputs()
-        key_only = x.get("route") == "key"
-        if key_only:          # the edit rows' later tokens join the out-of-scope set
+        if x.get("route") == "key":     # the edit rows' later tokens join the out-of-scope set
+            n_edit = rows.n_edit_rows
             other = torch.cat([other, rows.x[:n_edit, 1:][rows.valid[:n_edit, 1:, 0]]])
-        key_tok = torch.zeros(rows.x.shape[:2] + (1,), dtype=torch.bool, device=device)
-        key_tok[:n_edit, 0] = True
-        # the suffix's input does not depend on Δ, so what the closed memories give it is
-        # fixed: routed once here, not through every memory at every step (their number
-        # grows with the edits); a token the new memory takes gets its side output instead.
-        # Their score at the new keys is what the new memory must beat to keep them.
-        kept, rival = torch.zeros_like(rows.out), None
-        if closed:
-            with torch.no_grad():
-                kept, score = memory.best(rows.x, upto=closed)
-            rival = score[:n_edit, 0, 0]
-        where = mask.nonzero(as_tuple=True)
-
-        def delta():
-            return base.index_put(where, values, accumulate=True)
-
-        step: dict = {}      # this step's Δ and key scores, shared by side, margins, penalty
-
-        def side(xs, out):
-            # routed as it will be once stored: tokens scoring above ε (the key tokens
-            # always do; ε is at most act_ratio × their lowest score)
-            d = step["delta"] = delta()
-            key = step["key"] = (keys @ d.T).norm(dim=-1)
-            s = xs @ d.T
-            if key_only:
-                return out + torch.where(key_tok, s, kept)
-            with torch.no_grad():
-                eps = x["act_ratio"] * min(old_low, float(key.min()))
-                use = ((s.norm(dim=-1, keepdim=True) > eps) & rows.valid) | key_tok
-            return out + torch.where(use, s, kept)
-
-        general_alpha = x.get("general_alpha")
-        cov = (self.covariances(lm)[self.layer].float().to(device)
-               if general_alpha is not None else None)
-
-        def margins():
-            key, unrelated = step["key"], (other @ step["delta"].T).norm(dim=-1)
-            out = (torch.relu(x["beta"] - key).mean() + torch.relu(unrelated - x["alpha"]).mean()
-                   + torch.relu(x["gamma"] - (key.mean() - unrelated.mean())))
-            if cov is not None:     # RMS side output over all of the statistics' text
-                d = step["delta"]
-                out = out + torch.relu(((d @ cov) * d).sum().clamp_min(1e-12).sqrt()
-                                       - general_alpha)
-            if closed_keys is not None:      # leave the closed memories' keys to them
-                out = out + torch.relu((closed_keys @ step["delta"].T).norm(dim=-1)
-                                       - x["alpha"]).mean()
-            if rival is not None:            # beat the closed memories where they claim a key
-                out = out + (torch.relu(rival + x["gamma"] - step["key"]) * (rival > 0)).mean()
-            return out
-
-        penalty = None
-        if old_keys is not None and x["preserve"] > 0:
-            before = old_keys @ delta().detach().T
-            scale = before.pow(2).sum().clamp_min(1e-6)
-
-            def preserve():      # earlier edits' key tokens keep their side output
-                return x["preserve"] * (old_keys @ step["delta"].T - before).pow(2).sum() / scale
-            penalty = preserve
-
-        def clamp():
-            values.clamp_(-x["norm_constraint"], x["norm_constraint"])
-
-        with memory_off(lm.model):
-            self.last_stats = fit(rows, [values], side, steps=self.hp.steps, lr=self.hp.lr,
-                                  margin=margins, penalty=penalty, after_step=clamp,
-                                  optimizer=x.get("optimizer", "adam"))
-        with torch.no_grad():
-            low = min(old_low, float((keys @ delta().T).norm(dim=-1).min()))
-        edits = in_shard + len(specs)
-        update.update({"append.keys": keys[:: rows.n_contexts].detach(),
-                       "put.shard": values.detach(), "put.min_score": torch.tensor(low),
-                       "put.shard_edits": torch.tensor(edits)})
-        return update
+        return rows, other
 
     def _open_shard(self, t, memory, n_new: int, update: dict):
         """The shard this batch trains: the open one, or a new one once `save_freq` would be
