@@ -111,6 +111,16 @@ def test_hash_sees_every_field():
     assert len(hashes) == 3
 
 
+def test_canonical_json_is_made_once_and_never_shared_by_a_changed_copy():
+    a = Fact(subject="A", relation="P17", object="B")
+    base = kb(a)
+    first = base.to_json()
+    assert base.to_json() is first                   # kept: plan, check and apply reuse it
+    other = base.model_copy(update={"facts": {a.key: a.model_copy(update={"object": "C"})}})
+    assert other.content_hash() != base.content_hash() and '"C"' in other.to_json()
+    assert base == kb(a) and base != other           # equality compares the facts only
+
+
 def test_empty_kb():
     empty = KnowledgeBase()
     assert empty == KnowledgeBase(relations={}, facts={})
