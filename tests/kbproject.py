@@ -230,3 +230,22 @@ def assert_kept_model_is_head(project: Project) -> None:
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), \
             [k for k in ours if not torch.equal(ours[k], theirs[k])]
+
+
+def kill_before_head(project: Project, monkeypatch, facts: dict[str, str]) -> str:
+    """Apply `facts`, killed after its manifest was written, before HEAD named it; the
+    id of the orphan manifest it leaves."""
+    import pytest
+
+    from kbsync.apply import apply
+
+    before = set(SnapshotStore(project.kbsync_dir).ids())
+    write_facts(project.root, facts)
+    with monkeypatch.context() as mp:
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt
+        mp.setattr(SnapshotStore, "set_head", killed)
+        with pytest.raises(KeyboardInterrupt):
+            apply(project)
+    orphan, = set(SnapshotStore(project.kbsync_dir).ids()) - before
+    return orphan

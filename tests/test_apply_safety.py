@@ -15,7 +15,8 @@ import time
 import pytest
 
 from kbproject import (FACTS, NEW, answer, applied_objects, cli, cli_env, head, json_lines,
-                       key, latest_edit, make_project, prompt, run_cli, runs, write_facts)
+                       key, kill_before_head, latest_edit, make_project, prompt, run_cli, runs,
+                       write_facts)
 from kbsync.apply import apply
 from kbsync.errors import LockHeld
 from kbsync.history import audit_verify, log
@@ -242,14 +243,7 @@ def test_kill_before_head_moves_leaves_the_old_snapshot_and_no_visible_garbage(a
     """Killed after the manifest was written, before HEAD named it: the old snapshot stays
     current, and the unreferenced manifest is neither listed nor a rollback target."""
     old = head(applied)
-    write_facts(applied.root, {**FACTS, "Danube": NEW})
-    with monkeypatch.context() as mp:
-        def killed(*args, **kwargs):
-            raise KeyboardInterrupt
-        mp.setattr(SnapshotStore, "set_head", killed)
-        with pytest.raises(KeyboardInterrupt):
-            apply(applied)
-    orphan, = set(SnapshotStore(applied.kbsync_dir).ids()) - {old}
+    orphan = kill_before_head(applied, monkeypatch, {**FACTS, "Danube": NEW})
     assert head(applied) == old and audit_verify(applied) == []
     assert applied_objects(applied)[key("Danube")] == FACTS["Danube"]
     assert [e["id"] for e in log(applied) if e["kind"] == "snapshot"] == [old]

@@ -18,7 +18,7 @@ from kbsync.cli.main import main
 from kbsync.cli.options import handle_errors
 from kbsync.cli.printers import plan_lines
 from kbsync.config import load_config
-from kbsync.errors import ConfigError, FactsError, KbsyncError, ModelError
+from kbsync.errors import ConfigError, FactsError, ModelError
 from kbsync.facts import load_knowledge_base
 from kbsync.facts import yaml_io
 from kbsync.plan.plan import EditRequest, Plan

@@ -26,10 +26,10 @@ import signal
 import subprocess
 import time
 
-from kbproject import KBSYNC, cli_env, head, json_lines, key, make_project, prompt, write_facts
+from kbproject import KBSYNC, cli_env, json_lines, key, make_project, prompt, write_facts
 from kbsync.apply import apply
 from kbsync.errors import GateFailed
-from kbsync.history import ask, audit_verify, committed, gc, rollback
+from kbsync.history import ask, audit_verify
 from kbsync.lm.score import answers_match
 from kbsync.store.ledger import Ledger
 from kbsync.store.snapshots import SnapshotStore

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from kbproject import FACTS, cli, json_lines, make_project, prompt
-from kbsync import output
 from kbsync.history import abbreviations, ask_many, log, read_prompts
 from kbsync.store.ledger import Ledger
 from kbsync.store.snapshots import SnapshotStore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kbproject import cli, key
+from kbproject import cli
 from kbsync import output
 from ux_fixtures import _normal_verbosity  # noqa: F401  (autouse)
 

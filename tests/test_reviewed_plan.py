@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbproject import (FACTS, NEW, answer, applied_objects, cli, head, key, latest_edit,
-                       make_project, prompt, runs, write_facts)
+from kbproject import (FACTS, NEW, answer, applied_objects, cli, head, key, kill_before_head,
+                       latest_edit, make_project, prompt, runs, write_facts)
 from kbsync.apply import apply
 from kbsync.errors import IntegrityError
 from kbsync.history import audit_verify, committed, gc, rollback
@@ -139,26 +139,12 @@ def test_drift_requests_must_name_committed_facts_once(applied):
 
 # ------------------------------------------------------------------ 6. housekeeping
 
-def _kill_before_head(project: Project, monkeypatch, facts: dict[str, str]) -> str:
-    """A run killed after its manifest was written, before HEAD named it: the orphan."""
-    before = set(SnapshotStore(project.kbsync_dir).ids())
-    write_facts(project.root, facts)
-    with monkeypatch.context() as mp:
-        def killed(*args, **kwargs):
-            raise KeyboardInterrupt
-        mp.setattr(SnapshotStore, "set_head", killed)
-        with pytest.raises(KeyboardInterrupt):
-            apply(project)
-    orphan, = set(SnapshotStore(project.kbsync_dir).ids()) - before
-    return orphan
-
-
 def test_gc_removes_what_killed_runs_left_and_nothing_committed(applied, monkeypatch):
     first = head(applied)
     write_facts(applied.root, {**FACTS, "Danube": NEW})
     apply(applied)
     rollback(applied, first)                        # history: first, update, rollback
-    orphan = _kill_before_head(applied, monkeypatch, {**FACTS, "Danube": OTHER})
+    orphan = kill_before_head(applied, monkeypatch, {**FACTS, "Danube": OTHER})
     kb = applied.kbsync_dir
     temps = [kb / ".HEAD.x1.tmp", kb / "objects" / ".tensors.x2.tmp", kb / "snapshots" / ".a.x3.tmp"]
     for t in temps:
@@ -187,7 +173,7 @@ def test_gc_removes_what_killed_runs_left_and_nothing_committed(applied, monkeyp
 def test_gc_cli_dry_run_json_and_the_lock(applied, monkeypatch):
     from kbsync.store.lock import ProjectLock
 
-    _kill_before_head(applied, monkeypatch, {**FACTS, "Danube": NEW})
+    kill_before_head(applied, monkeypatch, {**FACTS, "Danube": NEW})
     result = cli(applied, "gc", "--dry-run")
     assert result.exit_code == 0 and "Would remove 0 temp file(s), 1 uncommitted" in result.stdout
     with ProjectLock(applied.kbsync_dir, operation="apply"):
@@ -270,7 +256,7 @@ def test_rollback_records_an_interrupted_commit_first_and_is_idempotent(applied,
 
 def test_ask_snapshot_and_export_refuse_a_manifest_never_committed(applied, monkeypatch,
                                                                    tmp_path):
-    orphan = _kill_before_head(applied, monkeypatch, {**FACTS, "Danube": NEW})
+    orphan = kill_before_head(applied, monkeypatch, {**FACTS, "Danube": NEW})
     result = cli(applied, "ask", "--snapshot", orphan[:12], prompt("Danube"))
     assert result.exit_code == 1 and "never committed" in result.stderr
     result = cli(applied, "export", orphan[:12], str(tmp_path / "out"))

@@ -43,15 +43,17 @@ class TargetResult:
 
 @dataclass(frozen=True)
 class TargetParams:
+    """The target optimisation's settings, made by HParams.target_params(); no defaults
+    here: they live in HParams and hparams/front_end.yaml."""
     z_layer: int
-    steps: int = 25
-    lr: float = 0.5
-    clamp: float = 0.75
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
-    early_stop: bool = True
-    early_stop_k: int = 1
-    min_loss: float = 0.05
+    steps: int
+    lr: float
+    clamp: float
+    kl_factor: float
+    weight_decay: float
+    early_stop: bool
+    early_stop_k: int
+    min_loss: float
 
 
 def _rows(specs: list[EditSpec], contexts: list[str]):

@@ -143,7 +143,7 @@ def _check_relation(fact: Fact, location: Location,
         return
     close = difflib.get_close_matches(fact.relation, list(relations), n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    hint += (f"define it under `relations:` (label and templates), e.g. in relations.yaml"
+    hint += ("define it under `relations:` (label and templates), e.g. in relations.yaml"
              if relations else "no relations are defined: add a `relations:` block "
              "(e.g. relations.yaml) with a label and templates for it")
     raise location.of("relation").error(

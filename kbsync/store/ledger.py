@@ -57,8 +57,7 @@ from kbsync.store.anchor import ANCHOR_SUFFIX, AnchorMixin
 from kbsync.store.canonical import utc_now
 from kbsync.store.ledger_schema import (EDIT_STATUSES, GENESIS, INDEXES, NOT_NULL, SCHEMA,
                                         SCHEMA_VERSION, SQL_TYPES, TERMINAL_EVENTS, TRIGGERS,
-                                        _check_table, _decode, _normalise, _to_stored,
-                                        _trigger_sql, row_hash)
+                                        _check_table, _decode, _normalise, row_hash)
 
 __all__ = ["ANCHOR_SUFFIX", "EDIT_STATUSES", "GENESIS", "INDEXES", "NOT_NULL", "SCHEMA",
            "SCHEMA_VERSION", "SQL_TYPES", "TERMINAL_EVENTS", "TRIGGERS", "Ledger",
