@@ -10,6 +10,7 @@ grows faster near the wall, issue 22) and errs late, hence the warning margin.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 WARN_SHARE = 0.1       # warn when less than this share of a budget is left
@@ -70,6 +71,7 @@ def capacity(facts: int, gates: dict[str, tuple[float, float]], pending: int = 0
         spent, budget = pair
         left = None
         if spent > 0 and facts > 0:
-            left = max(int((budget - spent) / (spent / facts)), 0)
+            # floor, but not one fact short for the float error of 1 - 0.96
+            left = max(math.floor((budget - spent) / (spent / facts) + 1e-9), 0)
         budgets.append(Budget(metric, spent, budget, left))
     return Capacity(facts, pending, budgets)
