@@ -4,8 +4,16 @@
     -> check the plan: its state, its facts and its requests recomputed (recovery.check_plan)
     -> confirm (the plan shown) -> apply THOSE facts: the files are not read again
     -> classify: already known (no edit) / remove of a fact kbsync never edited (no edit)
-    -> batches: edit -> candidate -> gates -> commit snapshot | revert and bisect
-    -> ledger rows for every edit, gate and snapshot
+    -> batches: edit -> candidate -> gates -> commit snapshot | revert and retry (below)
+    -> ledger rows for every edit, gate, attempt and snapshot
+
+A failing batch costs a bounded number of editor calls, not a bisection tree
+(`commit_or_retry`): the edits that fail their own check (efficacy, paraphrases) are
+dropped and the rest edited once more as a batch (then one at a time, if the batch still
+fails a gate no single edit owns); each dropped edit is retried alone with more effort
+(`retry.effort` x the optimisation steps), then with `retry.fallback_editor` if one is
+named, and only then rejected. Every attempt is its own batch number in the ledger, with a
+`batch_retry` event saying which batch it retries and why.
 
 Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
 patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
@@ -28,13 +36,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kbsync.editing.rebuild import KeptModel, load_at
+from kbsync.editing.hparams import more_effort
+from kbsync.editing.rebuild import KeptModel, fold_editor_state, load_at
+from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
-from kbsync.errors import EditorError, GateFailed, KbsyncError
-from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
+from kbsync.errors import ConfigError, EditorError, GateFailed, KbsyncError
+from kbsync.evaluate.capacity import capacity
+from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference, per_edit_passed
 from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
-from kbsync.evaluate.probes import GENERAL_PROMPTS
+from kbsync.evaluate.general import base_top1, top1
+from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
 from kbsync.facts.schema import Fact, KnowledgeBase
+from kbsync.lm.score import perplexity
 from kbsync.plan.plan import EditRequest, Plan
 from kbsync.recovery import check_plan, end_failed_run, record_committed, recover
 from kbsync.store.ledger import Ledger
@@ -54,6 +67,20 @@ class Work:
     spec: EditSpec
     fact: Fact | None            # the fact as it will be applied (None for a remove)
     pre_answer: str | None = None
+
+
+@dataclass
+class Attempt:
+    """One edit of some of a batch's facts, and what its gates said."""
+    batch: int                        # its own batch number in the ledger
+    origin: int                       # the batch number of the batch it retries (or its own)
+    checks: list[GateCheck]
+    passed: bool
+    own: dict[str, bool] | None = None   # fact key -> passed its own check; None: unknown
+                                         # (editor error, non-finite weights: no one to blame)
+
+    def own_failed(self, key: str) -> bool:
+        return self.own is not None and not self.own.get(key, True)
 
 
 @dataclass
@@ -149,8 +176,12 @@ class Scheduler:
         self.command = command
         self.result = ApplyResult(None, self.head)
         self.batch_no = 0
-        self.edit_seconds = 0.0     # editing + gates + commit, bisections included (report)
+        self.edit_seconds = 0.0     # editing + gates + commit, retries included (report)
         self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
+        self.editor_calls = 0       # every edit attempted, retries included
+        self.tries = 0              # attempts of the batch in hand
+        self._effort = self._fallback = self._base = None   # editors and base model, lazily
+        self._warned = False        # the capacity warning goes to the ledger once a run
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
@@ -168,19 +199,23 @@ class Scheduler:
         try:
             self.reference = reference_text(GATE_PASSAGES)
             self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
-                                            self._measure_base_perplexity)
+                                            lambda: perplexity(self._base_lm(), self.reference))
+            self.base_general = base_top1(self.lm.fingerprint, general_prompts(),
+                                          lambda: top1(self._base_lm(), general_prompts()))
+            self._base = None                        # measured (or cached): free its memory
             work = self.work = self.classify()
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
                        "skipped": len(self.result.skipped)})
             size = self.cfg.batch_size
             for start in range(0, len(work), size):
                 began = time.perf_counter()
-                self.commit_or_bisect(work[start:start + size])
+                self.commit_or_retry(work[start:start + size])
                 self.edit_seconds += time.perf_counter() - began
             if self.pending:
                 self.commit(None, [], [])
             self.ledger.event(self.run_id, "run_committed", snapshot=self.result.snapshot,
                               edit_seconds=round(self.edit_seconds, 3),
+                              editor_calls=self.editor_calls,
                               **{k: len(v) for k, v in self.result.__dict__.items()
                                  if isinstance(v, list)})
         except RunAbandoned:
@@ -210,13 +245,13 @@ class Scheduler:
             self.ledger.event(self.run_id, "run_interrupted", detail="stopped on request",
                               snapshot=self.result.snapshot)
 
-    def _measure_base_perplexity(self) -> float:
-        from kbsync.lm.score import perplexity
-
+    def _base_lm(self):
+        """The base model, for the base references (on a cache miss only), loaded once."""
         if self.head is None:          # the model in hand is the base model
-            return perplexity(self.lm, self.reference)
-        base, _ = load_at(self.project, None, with_editor=False)
-        return perplexity(base, self.reference)
+            return self.lm
+        if self._base is None:
+            self._base, _ = load_at(self.project, None, with_editor=False)
+        return self._base
 
     # -- what to do per request ----------------------------------------------------------
     def spec_for(self, fact: Fact, target: str) -> EditSpec:
@@ -266,7 +301,7 @@ class Scheduler:
     # -- batches -------------------------------------------------------------------------
     def probes(self, batch: list[Work]) -> Probes:
         keys = {w.request.fact_key for w in batch}
-        para = [(p, w.spec.target) for w in batch for p in w.spec.paraphrases]
+        para = [(p, w.spec.target, i) for i, w in enumerate(batch) for p in w.spec.paraphrases]
         local = [p.prompt for w in batch if w.fact for p in w.fact.locality]
         # earlier facts: the applied state plus what this run found known or committed
         kb = self._next_applied()
@@ -276,47 +311,127 @@ class Scheduler:
         local += [kb.prompts(k)[0] for k in unrelated] + list(GENERAL_PROMPTS)
         retained = rng.sample(others, min(self.cfg.gates.retention_sample, len(others)))
         return Probes([w.spec.text for w in batch], [w.spec.target for w in batch],
-                      [p for p, _ in para], [t for _, t in para], local,
+                      [p for p, _, _ in para], [t for _, t, _ in para], local,
                       [kb.prompts(k)[0] for k in retained],
-                      [kb.facts[k].object for k in retained])
+                      [kb.facts[k].object for k in retained],
+                      para_owner=[i for _, _, i in para], general_prompts=general_prompts())
 
-    def commit_or_bisect(self, batch: list[Work]) -> None:
+    def commit_or_retry(self, batch: list[Work]) -> None:
+        """Commit what of `batch` passes, at a bounded cost: at most 2 + 3 * len(batch)
+        editor calls, where the bisection this replaces edited the whole batch again at
+        every level of its tree (issue 22)."""
         if self.stop():               # a batch boundary: nothing of this batch is done yet
             raise RunAbandoned(self.run_id)
+        first = self.attempt(batch, "batch")
+        if first.passed:
+            return
+        if len(batch) == 1:
+            self._retry_alone(batch[0], first)
+            return
+        dropped = [w for w in batch if first.own_failed(w.request.fact_key)]
+        rest = [w for w in batch if w not in dropped]
+        if dropped and rest and self.attempt(rest, "without_failing", of=first).passed:
+            rest = []
+        for w in rest:     # the batch failed a gate no single edit owns: one at a time
+            alone = self.attempt([w], "one_by_one", of=first)
+            if not alone.passed:
+                self._retry_alone(w, alone)
+        for w in dropped:
+            self._retry_alone(w, first)
+
+    def _retry_alone(self, w: Work, last: Attempt) -> None:
+        """An edit that failed: with more effort if it failed its own check (more steps
+        cannot fix a batch's drift), then with the fallback editor; only then rejected."""
+        if last.own_failed(w.request.fact_key) and self.cfg.retry.effort > 1:
+            last = self.attempt([w], "more_effort", of=last, editor=self._effort_editor())
+            if last.passed:
+                return
+        fallback = self._fallback_editor()
+        if fallback is not None:
+            last = self.attempt([w], "fallback", of=last, editor=fallback)
+            if last.passed:
+                return
+        self._reject(w, last.batch, last.checks)
+
+    def attempt(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
+                editor=None) -> Attempt:
+        """Edit `batch` with `editor` (default: the run's), gate it, and commit it if every
+        gate passes; otherwise leave the model as it was. `of`: the attempt it retries."""
+        editor = editor or self.editor
         self.batch_no += 1
-        number = self.batch_no
-        self.emit({"type": "batch_start", "batch": number, "size": len(batch),
-                   "keys": [w.request.fact_key for w in batch]})
+        number, origin = self.batch_no, of.origin if of else self.batch_no
+        self.tries = self.tries + 1 if of else 1
+        keys = [w.request.fact_key for w in batch]
+        self.emit({"type": "batch_start", "batch": number, "size": len(batch), "keys": keys,
+                   "attempt": self.tries, "strategy": strategy, "of": origin})
+        if of is not None:
+            self.ledger.event(self.run_id, "batch_retry", batch=number, of=origin,
+                              attempt=self.tries, strategy=strategy, keys=keys,
+                              editor=editor.name, after_failed=[c.metric for c in of.checks
+                                                                if not c.passed])
         probes = self.probes(batch)
         parent = parent_reference(self.lm, probes)
-        try:
-            patch = self.editor.edit(self.lm, [w.spec for w in batch])
-        except EditorError as exc:
-            patch, checks = None, [GateCheck("finite", 0.0, 1.0, False)]
-            self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
-        saved = None
-        if patch is not None:
-            saved = patch.checkpoint(self.lm.model)
-            patch.apply(self.lm.model)
-            checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl,
-                           self.reference, patch.checked_tensors(self.lm.model))
+        patch, checks, own = self._edit_and_check(editor, batch, probes, parent, number)
         with self.ledger.transaction():     # one write for the batch's gate rows, not one each
             for c in checks:
                 self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold,
-                                        c.passed)
-        self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks]})
-        if all(c.passed for c in checks):
-            self.editor.accept(patch)
-            self.commit(patch, batch, checks)
-            return
-        if saved is not None:
+                                        c.passed, attempt=self.tries, strategy=strategy,
+                                        of=origin)
+        self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks],
+                   "attempt": self.tries, "strategy": strategy})
+        passed = all(c.passed for c in checks)
+        if passed:
+            (editor if editor is self._fallback else self.editor).accept(patch)
+            self.commit(patch, batch, checks, editor)
+        return Attempt(number, origin, checks, passed, own)
+
+    def _edit_and_check(self, editor, batch: list[Work], probes: Probes, parent: dict,
+                        number: int) -> tuple:
+        """(patch, checks, own): the patch left applied only if every gate passed; `own`
+        scored (per_edit_passed) only when a gate failed on finite weights."""
+        self.editor_calls += 1
+        try:
+            patch = editor.edit(self.lm, [w.spec for w in batch])
+        except EditorError as exc:
+            self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
+            return None, [GateCheck("finite", 0.0, 1.0, False)], None
+        saved = patch.checkpoint(self.lm.model)
+        patch.apply(self.lm.model)
+        checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl, self.reference,
+                       patch.checked_tensors(self.lm.model), base_general=self.base_general)
+        own = None
+        if not all(c.passed for c in checks):
+            if checks[0].passed:      # finite: the per-edit scores mean something
+                flags = per_edit_passed(self.lm, probes, self.cfg.gates)
+                own = {w.request.fact_key: ok for w, ok in zip(batch, flags)}
             patch.restore(self.lm.model, saved)
-        if len(batch) == 1:
-            self._reject(batch[0], number, checks)
-            return
-        half = len(batch) // 2
-        self.commit_or_bisect(batch[:half])
-        self.commit_or_bisect(batch[half:])
+        return patch, checks, own
+
+    def _effort_editor(self):
+        """The run's editor with `retry.effort` x the optimisation, holding the run's
+        editor memory as it is now (its patches are accepted by the run's editor)."""
+        if self._effort is None:
+            over = more_effort(self.editor.hp, self.cfg.retry.effort)
+            self._effort = make_editor(self.cfg.editor, self.lm.model.config,
+                                       {**self.cfg.hparams, **over, "seed": self.cfg.seed})
+        self._effort.load_state_dict(self.editor.state_dict())
+        return self._effort
+
+    def _fallback_editor(self):
+        """`retry.fallback_editor`, with the memory its own patches on this chain give it
+        (load_at folds only the run's editor's), or None when none is named."""
+        name = self.cfg.retry.fallback_editor
+        if not name:
+            return None
+        if name == self.cfg.editor:
+            raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
+                              hint="name another editor, e.g. grace, or leave it unset")
+        if self._fallback is None:
+            self._fallback = make_editor(name, self.lm.model.config,
+                                         {**self.cfg.retry.fallback_hparams,
+                                          "seed": self.cfg.seed})
+            fold_editor_state(self.project, self.head, self._fallback)
+        return self._fallback
 
     def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
         failed = [c.metric for c in checks if not c.passed]
@@ -326,14 +441,15 @@ class Scheduler:
         self.emit({"type": "rejected", "key": w.request.fact_key, "failed": failed})
 
     # -- commit --------------------------------------------------------------------------
-    def commit(self, patch, batch: list[Work], checks: list[GateCheck]) -> None:
+    def commit(self, patch, batch: list[Work], checks: list[GateCheck], editor=None) -> None:
+        editor = editor or self.editor
         for w in batch:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
         patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
         manifest = Manifest(
             parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
-            editor=self.editor.name, hparams=self.editor.hp.to_dict(), patch=patch_id,
+            editor=editor.name, hparams=editor.hp.to_dict(), patch=patch_id,
             facts=self.objects.put_text(kb.to_json()), facts_hash=kb.content_hash(),
             gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
                    for c in checks},
@@ -352,6 +468,19 @@ class Scheduler:
         self.result.snapshot = snapshot
         self.emit({"type": "commit", "snapshot": snapshot, "serial": manifest.serial,
                    "edits": len(batch)})
+        if checks:
+            self._capacity(len(kb.facts), checks)
+
+    def _capacity(self, facts: int, checks: list[GateCheck]) -> None:
+        """The budget left after a commit (evaluate.capacity); its first warning of the run
+        also goes to the ledger, after the commit's rows."""
+        done = len(self.result.applied) + len(self.result.rejected)
+        cap = capacity(facts, {c.metric: (c.value, c.threshold) for c in checks},
+                       pending=max(len(self.work) - done, 0)).to_dict()
+        self.emit({"type": "capacity", **cap})
+        if cap["warn"] and not self._warned:
+            self._warned = True
+            self.ledger.event(self.run_id, "capacity_warning", **cap)
 
     def _next_applied(self) -> KnowledgeBase:
         facts = dict(self.applied.facts)

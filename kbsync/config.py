@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kbsync.errors import ConfigError, FactsError, KbsyncError
 from kbsync.facts.yaml_io import read_yaml_file, validation_error
 
-__all__ = ["CONFIG_NAME", "Gates", "Config", "load_config", "render_config", "resolve_paths"]
+__all__ = ["CONFIG_NAME", "Gates", "Retry", "Config", "load_config", "render_config", "resolve_paths"]
 
 CONFIG_NAME = "kbsync.yaml"
 # `stats_corpus` values that name a corpus shipped with kbsync, not a file (editing/stats.py).
@@ -40,6 +40,22 @@ class Gates(BaseModel):
     retention_sample: int = Field(200, ge=0, description="how many earlier facts to re-check")
     ppl_drift_max: float = Field(0.1, ge=0,
                                  description="max relative perplexity rise on the reference text")
+    general_knowledge_min: float = Field(
+        0.9, ge=0, le=1, description="share of shipped general-knowledge prompts whose answer "
+        "is still the base model's")
+
+
+class Retry(BaseModel):
+    """What a failing batch gets instead of a bisection: its edits that fail their own check
+    are retried alone, with more optimisation and then the fallback editor, if any."""
+
+    model_config = _MODEL
+    effort: float = Field(2.0, ge=1, description="target-optimisation steps multiplier for "
+                          "the lone retry of an edit that failed its own efficacy")
+    fallback_editor: str | None = Field(None, description="editor tried last for an edit "
+                                        "that still fails alone, e.g. grace; null: none")
+    fallback_hparams: dict[str, Any] = Field(default_factory=dict,
+                                             description="overrides of its hyper-parameters")
 
 
 class Config(BaseModel):
@@ -55,6 +71,8 @@ class Config(BaseModel):
     facts: str = Field("facts", description="folder (or file) holding the knowledge base")
     gates: Gates = Field(default_factory=Gates,
                          description="a batch is committed only if every gate passes")
+    retry: Retry = Field(default_factory=Retry,
+                         description="how a failing batch's edits are retried")
     seed: int = Field(0, description="random seed for the editor")
     allow_pickle: bool = Field(False, description="load pickled (.bin) weights; unsafe, "
                                                   "safetensors are preferred")

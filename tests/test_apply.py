@@ -219,7 +219,8 @@ def test_gate_figures_of_a_good_batch(applied):
     gates = SnapshotStore(applied.kbsync_dir).read(head(applied)).gates
     assert {m: g["passed"] for m, g in gates.items()} == {
         "finite": True, "efficacy": True, "generalization": True, "locality": True,
-        "locality_kl": True, "ppl_drift": True}       # no retention: nothing earlier
+        "locality_kl": True, "ppl_drift": True,
+        "general_knowledge": True}                    # no retention: nothing earlier
     assert gates["efficacy"]["value"] == 1.0
     assert gates["locality"]["value"] >= GATES["locality_min"] + 0.2
     assert gates["locality_kl"]["value"] < 0.75 * GATES["kl_max"]

@@ -40,8 +40,8 @@ class Page(HTMLParser):
         if tag == "table":
             self._table = a.get("id")
             self.tables[self._table] = {}
-        elif tag == "tr" and (a.get("data-snapshot") or a.get("data-run")):
-            self._row = a.get("data-snapshot") or a.get("data-run")
+        elif tag == "tr" and (a.get("data-snapshot") or a.get("data-run") or a.get("data-budget")):
+            self._row = a.get("data-snapshot") or a.get("data-run") or a.get("data-budget")
             self.tables[self._table][self._row] = {}
         elif tag == "td" and self._row and "data-value" in a:
             self._cell = a.get("data-metric") or a.get("data-layer")
@@ -110,6 +110,24 @@ def test_page_shows_every_snapshot_with_the_gate_values_in_the_ledger(applied):
     gated = [sid for sid in ids if page.tables["snapshots"][sid]]
     assert gated == ids[:2]              # the rollback passed no gates
     assert {"efficacy", "locality", "ppl_drift", "retention"} <= set(page.tables["snapshots"][ids[1]])
+
+
+def test_report_shows_the_capacity_budget_of_the_last_gated_snapshot(applied, monkeypatch):
+    import kbsync.evaluate.capacity as capacity_module
+    from kbsync.evaluate.capacity import capacity
+
+    gates = {g["metric"]: (g["value"], g["threshold"]) for g in ledger_rows(applied)["gates"]}
+    expected = capacity(len(FACTS), gates).to_dict()      # one batch of every fact
+    assert read_report_data(applied, norms=False).capacity == expected
+    page = Page(write_report(applied).read_text(encoding="utf-8"))
+    assert set(page.tables["capacity"]) == {"ppl_drift", "general_knowledge"}
+    drift = next(b for b in expected["budgets"] if b["metric"] == "ppl_drift")
+    assert page.tables["capacity"]["ppl_drift"]["spent"] == repr(drift["spent"])
+    assert page.tables["capacity"]["ppl_drift"]["budget"] == repr(gates["ppl_drift"][1])
+    assert 'id="capacity-warning"' not in write_report(applied).read_text(encoding="utf-8")
+    monkeypatch.setattr(capacity_module, "WARN_SHARE", 1.01)       # any budget is low
+    text = write_report(applied).read_text(encoding="utf-8")
+    assert 'id="capacity-warning"' in text and "kbsync export" in text
 
 
 def test_relative_norms_are_those_of_the_rebuilt_model(applied):

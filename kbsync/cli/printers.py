@@ -63,6 +63,17 @@ def refresh_progress(enabled: bool = True):
     return progress
 
 
+def capacity_warning(event: dict) -> str:
+    """The capacity event (evaluate.capacity) as a warning line: what is spent, what to do."""
+    spent = ", ".join(f"{b['metric']} {b['spent']:.3g} of {b['budget']:.3g}"
+                      for b in event["budgets"])
+    left = event["facts_left"]
+    ahead = f"about {left} more fact(s) fit at the rate so far" if left is not None else \
+        "the budget is nearly spent"
+    return (f"warning: capacity: {spent} spent; {ahead}, {event['pending']} still to edit "
+            f"in this run. To go on: {event['advice']}.")
+
+
 def event_printer(as_json: bool):
     """Events as JSON lines on stdout, or short human lines and a progress bar (over the
     edits to make) on stderr. Under `kbsync --quiet` only rejections and recovered runs
@@ -71,9 +82,10 @@ def event_printer(as_json: bool):
 
     bar = refresh_bar = None
     quiet = not progress_enabled()
+    warned = False
 
     def emit(event: dict) -> None:
-        nonlocal bar, refresh_bar
+        nonlocal bar, refresh_bar, warned
         if as_json:
             echo_json(event)
             return
@@ -83,6 +95,9 @@ def event_printer(as_json: bool):
                                  f"({', '.join(event['failed'])})"), err=True)
         elif kind == "recovered":
             click.echo(f"recorded interrupted run {event['run_id']}", err=True)
+        elif kind == "capacity" and event["warn"] and not warned:
+            warned = True               # once a run: it is in the ledger too
+            click.echo(capacity_warning(event), err=True)
         if quiet:
             return
         if kind == "progress" and event.get("phase") == "refresh":
@@ -103,7 +118,10 @@ def event_printer(as_json: bool):
         elif kind == "summary" and bar is not None:
             bar.close()
         if kind == "batch_start":
-            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s)...", err=True)
+            retry = "" if event.get("attempt", 1) == 1 else \
+                f" (retry {event['attempt']} of batch {event['of']}: {event['strategy']})"
+            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s){retry}...",
+                       err=True)
         elif kind == "gates":
             failed = [c["metric"] for c in event["checks"] if not c["passed"]]
             text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)

@@ -7,6 +7,7 @@ front end's defaults and layers per family, kept in that one table."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -90,3 +91,15 @@ def resolve_hparams(editor: str, config, overrides: dict | None = None) -> HPara
         raise EditorError(f"layers {list(merged['layers'])} out of range for a {n}-layer model")
     extra = {**merged.pop("extra", {}), **extra}
     return HParams(**merged, extra=extra)
+
+
+def more_effort(hp: HParams, factor: float) -> dict:
+    """Overrides giving one edit `factor` times the optimisation: the target's gradient
+    steps (UltraEdit: its `iterations`), and the early stop's k, so the target must stay
+    top-1 that much longer before the search ends (a target that was top-1 only briefly
+    is what fails efficacy once the solve spreads it over the layers)."""
+    over: dict = {"steps": math.ceil(hp.steps * factor),
+                  "early_stop_k": math.ceil(hp.early_stop_k * factor)}
+    if "iterations" in hp.extra:
+        over["iterations"] = math.ceil(int(hp.extra["iterations"]) * factor)
+    return over

@@ -40,6 +40,15 @@ def load_at(project, snapshot_id: str | None, *, with_editor: bool = True
     return lm, editor
 
 
+def fold_editor_state(project, snapshot_id: str | None, editor) -> None:
+    """Give `editor` the memory it has at a snapshot: `accept` of every patch along the
+    chain that an editor of its name made (a fallback editor's, made beside the main one)."""
+    snapshots = project.snapshots()
+    for manifest in snapshots.chain(snapshot_id) if snapshot_id else []:
+        if manifest.patch is not None and manifest.editor == editor.name:
+            editor.accept(load_patch(snapshots.objects.get_tensors(manifest.patch)))
+
+
 class KeptModel:
     """The (lm, editor) of one snapshot, kept by a long-running process between runs:
     `kbsync watch` loads the model once, not once per cycle (an 8B model takes a minute).

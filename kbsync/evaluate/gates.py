@@ -8,12 +8,18 @@ is committed. Every gate is a (metric, value, threshold, passed) row for the led
   locality_kl     mean KL(parent ‖ candidate) of those probes' next-token distributions
   retention       share of earlier facts the parent answered that the candidate still answers
   ppl_drift       perplexity on a reference text, relative to the base model, minus 1
+  general_knowledge  share of the shipped general-knowledge prompts (probes.GENERAL_FACTS)
+                  whose top-1 next token is the BASE model's: damage that builds up batch
+                  by batch, which `locality` (against the parent) cannot see
   finite          every edited weight is finite
+
+`per_edit_passed` scores each edit on its own (its efficacy and its paraphrases): when a
+batch fails, the scheduler drops the edits that fail their own check and retries the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +48,8 @@ class Probes:
     locality_prompts: list[str]
     retention_prompts: list[str]
     retention_targets: list[str]
+    para_owner: list[int] = field(default_factory=list)   # index of each paraphrase's edit
+    general_prompts: list[str] = field(default_factory=list)   # checked against the base
 
 
 def answered(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
@@ -57,8 +65,27 @@ def parent_reference(lm, probes: Probes) -> dict:
             "retention": answered(lm, probes.retention_prompts, probes.retention_targets)}
 
 
+def per_edit_passed(lm, probes: Probes, gates) -> list[bool]:
+    """Per edit: its own prompt answered and its own paraphrases answered at least at
+    gates.generalization_min (what more optimisation of that edit alone can fix)."""
+    eff = answered(lm, probes.edit_prompts, probes.edit_targets).tolist()
+    para = answered(lm, probes.para_prompts, probes.para_targets).tolist()
+    owned: dict[int, list[bool]] = {}
+    for owner, hit in zip(probes.para_owner, para):
+        owned.setdefault(owner, []).append(bool(hit))
+    return [bool(hit) and _mean(owned.get(i, [])) >= gates.generalization_min
+            for i, hit in enumerate(eff)]
+
+
+def _mean(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 1.0
+
+
 def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: list[str],
-          edited_weights: list[torch.Tensor]) -> list[GateCheck]:
+          edited_weights: list[torch.Tensor], *,
+          base_general: torch.Tensor | None = None) -> list[GateCheck]:
+    """`base_general`: the base model's top-1 token on probes.general_prompts
+    (general.base_top1); without it the general_knowledge gate is not run."""
     def share(flags: torch.Tensor) -> float:
         return float(flags.float().mean()) if len(flags) else 1.0
 
@@ -84,4 +111,14 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
         checks.append(GateCheck("retention", ret, gates.retention_min, ret >= gates.retention_min))
     drift = perplexity(lm, reference) / base_ppl - 1.0
     checks.append(GateCheck("ppl_drift", drift, gates.ppl_drift_max, drift <= gates.ppl_drift_max))
+    if base_general is not None and probes.general_prompts:
+        checks.append(general_knowledge(lm, probes.general_prompts, base_general,
+                                        gates.general_knowledge_min))
     return checks
+
+
+def general_knowledge(lm, prompts: list[str], base: torch.Tensor, threshold: float) -> GateCheck:
+    """Share of `prompts` whose top-1 next token is still the base model's (`base`)."""
+    same = (next_token_logprobs(lm, prompts).argmax(-1) == base).float()
+    share = float(same.mean()) if len(same) else 1.0
+    return GateCheck("general_knowledge", share, threshold, share >= threshold)

@@ -10,7 +10,10 @@ Where each figure comes from:
               the manifest's copy of the gates only when the ledger has none
   edit counts per run, the latest `edits` row of each fact in that run
   seconds     `edit_seconds` of the run's `run_committed` event (apply records it: time
-              in batches, bisections included) divided by the edits attempted
+              in batches, retries included) divided by the edits attempted
+  capacity    the cumulative gates (ppl_drift, general_knowledge) of the last snapshot that
+              passed gates, against their thresholds, projected over the facts edited by
+              the gated snapshots so far (kbsync.evaluate.capacity)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kbsync.errors import KbsyncError
+from kbsync.evaluate.capacity import capacity
 from kbsync.store.canonical import nonfinite_as_text, utc_now
 from kbsync.store.snapshots import Manifest, SnapshotStore
 
@@ -71,6 +75,7 @@ class ReportData:
     runs: list[RunRecord] = field(default_factory=list)
     base_norms: dict[int, float] = field(default_factory=dict)  # edited layer -> ‖W_base‖_F
     norms_note: str | None = None                       # why norms are missing, if they are
+    capacity: dict | None = None                        # evaluate.capacity, as a dict
 
     @property
     def layers(self) -> list[int]:
@@ -105,6 +110,7 @@ def read_report_data(project, *, norms: bool = True) -> ReportData:
         gate_rows = ledger.rows("gates")
         manifests = _snapshot_records(ledger.rows("snapshots"), store, gate_rows, data)
         data.runs = _run_records(ledger.runs(), ledger.rows("edits"), ledger.rows("events"))
+    data.capacity = _capacity(data.snapshots)
     if norms and data.snapshots:
         from kbsync.report.norms import relative_norms
 
@@ -154,6 +160,17 @@ def _snapshot_records(rows: list[dict], store: SnapshotStore, gate_rows: list[di
             snap.gates = {m: GateValue(g.get("value"), g.get("threshold"), g.get("passed"))
                           for m, g in manifest.gates.items()}
     return manifests
+
+
+def _capacity(snapshots: list[SnapshotRecord]) -> dict | None:
+    """The budget after the last gated snapshot; facts = the edits of the gated snapshots
+    up to it (a rollback's are counted too: the figure is an estimate)."""
+    gated = [s for s in snapshots if s.gates]
+    if not gated:
+        return None
+    gates = {m: (g.value, g.threshold) for m, g in gated[-1].gates.items()
+             if isinstance(g.value, (int, float)) and isinstance(g.threshold, (int, float))}
+    return capacity(sum(s.edits for s in gated), gates).to_dict()
 
 
 def _run_records(runs: list[dict], edits: list[dict], events: list[dict]) -> list[RunRecord]:

@@ -84,6 +84,8 @@ def render(data: ReportData, figures: list[str]) -> str:
         parts += ["<h2>Snapshots</h2>", '<p class="meta">Gate values of the batch each '
                   "snapshot committed (hover for the threshold); rollbacks and commits of "
                   "already-known facts pass no gates.</p>", snapshot_table(data)]
+    if data.capacity and data.capacity["budgets"]:
+        parts += ["<h2>Capacity</h2>", capacity_section(data.capacity)]
     if data.base_norms:
         parts += ["<h2>Edited matrices</h2>", '<p class="meta">‖W‖<sub>F</sub> / '
                   "‖W<sub>base</sub>‖<sub>F</sub> of each matrix an editor changed "
@@ -92,6 +94,26 @@ def render(data: ReportData, figures: list[str]) -> str:
         parts += ["<h2>Runs</h2>", run_table(data)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def capacity_section(cap: dict) -> str:
+    """The cumulative gates' budget spent, and the facts left at the rate so far."""
+    left = cap["facts_left"]
+    text = (f'<p class="meta">{cap["facts"]} fact(s) edited so far; at that rate about '
+            f'{esc(left)} more fit before a gate fails.</p>' if left is not None else
+            '<p class="meta">No budget spent yet: nothing to project from.</p>')
+    if cap["warn"]:
+        text += f'<p class="note" id="capacity-warning">Nearly spent: {esc(cap["advice"])}.</p>'
+    rows = [_row(["gate", "spent", "budget", "left", "facts left"], header=True)]
+    for b in cap["budgets"]:
+        cells = [f'<td class="l">{esc(b["metric"])}</td>']
+        for name in ("spent", "budget", "left_share", "facts_left"):
+            value = b[name]
+            shown = fmt(100 * value, 3) + "%" if name == "left_share" else fmt(value)
+            cells.append(f'<td data-metric="{name}" data-value="{esc(repr(value))}">'
+                         f"{esc(shown)}</td>")
+        rows.append(f'<tr data-budget="{esc(b["metric"])}">' + "".join(cells) + "</tr>")
+    return text + _table("capacity", rows)
 
 
 def snapshot_table(data: ReportData) -> str:
