@@ -290,7 +290,8 @@ def test_fault_matrix_every_write_point_of_apply_rollback_and_gc(tmp_path, tiny_
     # under test (a stub passes every batch): both only cost time, most of a run's
     monkeypatch.setattr(os, "fsync", lambda fd: None)
     monkeypatch.setattr(kbsync.apply, "parent_reference", lambda lm, probes: {})
-    monkeypatch.setattr(kbsync.apply, "check", lambda *args: [GateCheck("finite", 1.0, 1.0, True)])
+    monkeypatch.setattr(kbsync.apply, "check",
+                        lambda *args, **kwargs: [GateCheck("finite", 1.0, 1.0, True)])
     project = make_project(tmp_path / "base", tiny_llama_dir, batch_size=1, gates=OPEN_GATES,
                            facts=dict(zip(SUBJECTS, ("British", "American"))))
     apply(project)
