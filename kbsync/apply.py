@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kbsync.editing.rebuild import KeptModel, load_at
+from kbsync.editing.rebuild import KeptModel, consolidate, load_at
 from kbsync.editing.request import EditSpec
 from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
@@ -41,7 +41,7 @@ from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import Manifest, SnapshotStore
-from kbsync.store.state import read_applied_state
+from kbsync.store.state import read_applied_state, write_applied_state
 
 Emit = Callable[[dict], None]
 UNRELATED_SAMPLE = 20
@@ -331,10 +331,12 @@ class Scheduler:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
         patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
+        # what changed, not the whole knowledge base again; every K patches a checkpoint
+        facts = write_applied_state(self.snapshots, self.head, self.applied, kb, self.pending)
         manifest = Manifest(
             parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
             editor=self.editor.name, hparams=self.editor.hp.to_dict(), patch=patch_id,
-            facts=self.objects.put_text(kb.to_json()), facts_hash=kb.content_hash(),
+            **facts, **consolidate(self.project, self.lm, self.head, patch_id),
             gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
                    for c in checks},
             run_id=self.run_id, ledger_head=self.ledger.head_hash(),

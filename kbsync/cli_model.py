@@ -9,8 +9,9 @@ import sys
 
 import click
 
-from kbsync.cli_base import (Env, color_enabled, echo_json, handle_errors, json_option, main,
-                             pass_env, plan_lines, printable, refresh_progress)
+from kbsync.cli_base import (Env, color_enabled, echo_json, handle_errors, human_bytes,
+                             json_option, main, pass_env, plan_lines, printable,
+                             refresh_progress)
 from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
 
@@ -134,7 +135,7 @@ def log(env: Env, limit: int | None, as_json: bool) -> None:
             mark = " (HEAD)" if entry["head"] else ""
             extra = f" rollback of {entry['rollback_of'][:12]}" if entry["rollback_of"] else ""
             click.echo(f"snapshot {entry['short']:<{width}}  serial {entry['serial']}  "
-                       f"{entry['created_at']}{mark}{extra}")
+                       f"{entry['created_at']}  {human_bytes(entry['bytes']):>8}{mark}{extra}")
         else:
             click.echo(f"run      {entry['short']:<{width}}  {entry['command']:<8} "
                        f"{entry['created_at']}  {entry['outcome'] or 'open'}")
