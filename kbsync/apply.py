@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kbsync.editing.hparams import more_effort
-from kbsync.editing.rebuild import KeptModel, fold_editor_state, load_at
+from kbsync.editing.rebuild import KeptModel, consolidate, fold_editor_state, load_at
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
 from kbsync.errors import ConfigError, EditorError, GateFailed, KbsyncError
@@ -54,7 +54,7 @@ from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import Manifest, SnapshotStore
-from kbsync.store.state import read_applied_state
+from kbsync.store.state import read_applied_state, write_applied_state
 
 Emit = Callable[[dict], None]
 UNRELATED_SAMPLE = 20
@@ -447,10 +447,12 @@ class Scheduler:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
         patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
+        # what changed, not the whole knowledge base again; every K patches a checkpoint
+        facts = write_applied_state(self.snapshots, self.head, self.applied, kb, self.pending)
         manifest = Manifest(
             parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
             editor=editor.name, hparams=editor.hp.to_dict(), patch=patch_id,
-            facts=self.objects.put_text(kb.to_json()), facts_hash=kb.content_hash(),
+            **facts, **consolidate(self.project, self.lm, self.head, patch_id),
             gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
                    for c in checks},
             run_id=self.run_id, ledger_head=self.ledger.head_hash(),

@@ -64,7 +64,8 @@ def abbreviations(ids, min_length: int = SNAPSHOT_ABBREV) -> dict[str, str]:
 def log(project, limit: int | None = None) -> list[dict]:
     """Runs and (committed) snapshots, newest first; the newest `limit` entries when given.
 
-    Run ids are given in full (they are short, and two runs a minute apart share most of
+    A snapshot's `bytes` is what it added to the store (SnapshotStore.added_bytes). Run
+    ids are given in full (they are short, and two runs a minute apart share most of
     their timestamp); each entry's `short` is the id as `kbsync log` prints it: for a
     snapshot the shortest prefix of at least 12 hex digits no other snapshot shares, which
     `show`, `rollback`, `ask --snapshot` and `export` accept."""
@@ -73,10 +74,13 @@ def log(project, limit: int | None = None) -> list[dict]:
     snapshots = SnapshotStore(project.kbsync_dir)
     head = snapshots.head()
     short = abbreviations(snapshots.ids())
+    history = committed(snapshots)
+    known = dict(history)        # each manifest read once, for the sizes too
     entries = [{"kind": "snapshot", "id": sid, "short": short.get(sid, sid), "serial": m.serial,
                 "created_at": m.created_at, "parent": m.parent, "rollback_of": m.rollback_of,
-                "run_id": m.run_id, "editor": m.editor, "head": sid == head}
-               for sid, m in committed(snapshots)]
+                "run_id": m.run_id, "editor": m.editor, "head": sid == head,
+                "bytes": sum(snapshots.added_bytes(sid, known).values())}
+               for sid, m in history]
     ledger = _existing_ledger(project)
     if ledger is not None:
         with ledger:
@@ -121,12 +125,14 @@ def resolve_ref(project, ref: str) -> tuple[str, str]:
 
 
 def show(project, ref: str) -> dict:
-    """One snapshot (manifest) or one run (with its edits, gate checks and events); `ref`
-    as `resolve_ref` takes it."""
+    """One snapshot (manifest, plus the bytes it added to the store, in all and by field)
+    or one run (with its edits, gate checks and events); `ref` as `resolve_ref` takes it."""
     kind, ident = resolve_ref(project, ref)
     if kind == "snapshot":
-        return {"kind": "snapshot", "id": ident,
-                **SnapshotStore(project.kbsync_dir).read(ident).model_dump()}
+        snapshots = SnapshotStore(project.kbsync_dir)
+        added = snapshots.added_bytes(ident)
+        return {"kind": "snapshot", "id": ident, **snapshots.read(ident).model_dump(),
+                "bytes": sum(added.values()), "bytes_by_field": added}
     with project.ledger() as ledger:
         return {"kind": "run", **ledger.run(ident)}
 

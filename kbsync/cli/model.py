@@ -11,7 +11,7 @@ import click
 
 from kbsync.cli.options import (Env, color_enabled, echo_json, handle_errors, json_option,
                                 pass_env)
-from kbsync.cli.printers import event_printer, plan_lines
+from kbsync.cli.printers import event_printer, human_bytes, plan_lines
 from kbsync.text import printable
 from kbsync.errors import EXIT_INTEGRITY, KbsyncError
 
@@ -85,7 +85,7 @@ def log(env: Env, limit: int | None, as_json: bool) -> None:
             mark = " (HEAD)" if entry["head"] else ""
             extra = f" rollback of {entry['rollback_of'][:12]}" if entry["rollback_of"] else ""
             click.echo(f"snapshot {entry['short']:<{width}}  serial {entry['serial']}  "
-                       f"{entry['created_at']}{mark}{extra}")
+                       f"{entry['created_at']}  {human_bytes(entry['bytes']):>8}{mark}{extra}")
         else:
             click.echo(f"run      {entry['short']:<{width}}  {entry['command']:<8} "
                        f"{entry['created_at']}  {entry['outcome'] or 'open'}")

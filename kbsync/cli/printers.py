@@ -14,6 +14,15 @@ from kbsync.text import printable
 _OP_STYLE = {"add": ("+", "green"), "update": ("~", "yellow"), "remove": ("-", "red")}
 
 
+def human_bytes(n: int) -> str:
+    """1234567 -> "1.2 MB" (decimal units, like `du --si`)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 def plan_lines(plan) -> list[str]:
     """Human plan output, one line per request, then the summary line."""
     lines = []

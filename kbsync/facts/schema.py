@@ -221,9 +221,16 @@ class KnowledgeBase(BaseModel):
         return [relation.prompt(fact.subject, i) for i in range(len(relation.templates))]
 
     def canonical(self) -> dict:
-        return {"relations": {k: self.relations[k].model_dump(mode="json")
-                              for k in sorted(self.relations)},
-                "facts": {k: _fact_json(self.facts[k]) for k in sorted(self.facts)}}
+        return {"relations": self.canonical_relations(),
+                "facts": self.canonical_facts(sorted(self.facts))}
+
+    def canonical_relations(self) -> dict:
+        return {k: self.relations[k].model_dump(mode="json") for k in sorted(self.relations)}
+
+    def canonical_facts(self, keys) -> dict:
+        """The canonical form of the facts of `keys` this knowledge base holds (others are
+        left out): what a stored delta of the applied state needs, without the rest."""
+        return {k: _fact_json(self.facts[k]) for k in keys if k in self.facts}
 
     def to_json(self) -> str:
         # sort_keys + fixed separators: one byte form per knowledge base. Kept once made:

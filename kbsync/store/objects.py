@@ -123,26 +123,22 @@ class ObjectStore:
         return sha
 
     def get_tensors(self, sha: str) -> dict[str, "torch.Tensor"]:
+        return self.get_tensors_and_metadata(sha)[0]
+
+    def get_tensors_and_metadata(self, sha: str) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+        """The tensors and the `__metadata__` map of a tensor object, from one verified read."""
         from safetensors import SafetensorError
         from safetensors.torch import load
 
         data = self.get_bytes(sha)
         try:
-            return load(data)
+            return load(data), _header_metadata(sha, data)
         except (SafetensorError, ValueError) as exc:
             raise IntegrityError(f"object {sha} is not a valid safetensors file: {exc}") from exc
 
     def get_tensor_metadata(self, sha: str) -> dict[str, str]:
         """The safetensors `__metadata__` map of a tensor object (empty if none)."""
-        import json
-
-        data = self.get_bytes(sha)
-        try:
-            size = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8:8 + size])
-        except ValueError as exc:
-            raise IntegrityError(f"object {sha} has no valid safetensors header: {exc}") from exc
-        return dict(header.get("__metadata__") or {})
+        return _header_metadata(sha, self.get_bytes(sha))
 
     # -- maintenance ---------------------------------------------------------------------
     def list(self) -> list[str]:
@@ -183,6 +179,17 @@ class ObjectStore:
         except (IntegrityError, OSError):
             return False
         return True
+
+
+def _header_metadata(sha: str, data: bytes) -> dict[str, str]:
+    import json
+
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size])
+    except ValueError as exc:
+        raise IntegrityError(f"object {sha} has no valid safetensors header: {exc}") from exc
+    return dict(header.get("__metadata__") or {})
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -28,13 +28,26 @@ A rollback to T is therefore a NEW snapshot R with `parent` = the current HEAD,
 model, while the history still shows the undone snapshots and when they were undone.
 
 `editor_state` is the editor's whole memory after the snapshot, or None for "unchanged
-from the effective parent" (`editor_state_for` resolves it).
+from the effective parent" (`editor_state_for` resolves it). `apply` never sets it: the
+editor's memory is the fold of `accept` over the chain's patches (kbsync.editing.rebuild).
+
+Format 2 adds three optional fields (left out of the canonical form while unset, so a
+format-1 manifest keeps its id and reads as before):
+- `facts_base`: `facts` is a delta (kbsync.store.facts_delta) applied to this object,
+  which is the effective parent's `facts` (or, where `facts` is the effective parent's
+  own, as in a rollback, its `facts_base`): `verify` checks it, so every object a
+  delta chain reads is named by a manifest on the chain and gc keeps it;
+- `checkpoint`: tensors of the model at this snapshot that the chain's patches changed
+  (whole edited matrices, side memories), so a rebuild replays only the patches after it;
+- `editor_checkpoint`: the editor's folded memory at this snapshot, likewise.
+Both checkpoints are caches of what replaying gives, bit for bit (kbsync.editing.rebuild
+makes and checks them); a manifest without them rebuilds by replaying.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +60,9 @@ from kbsync.store.objects import ObjectStore
 
 MANIFEST_MODE = 0o444
 MIN_PREFIX = 6
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# added in format 2; left out of the canonical form while None (format-1 ids unchanged)
+OPTIONAL_FIELDS = ("facts_base", "checkpoint", "editor_checkpoint")
 
 
 class Manifest(BaseModel):
@@ -55,7 +70,8 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: int = FORMAT_VERSION
+    # a manifest of a newer format may name objects this version cannot read: refused
+    format_version: int = Field(FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     parent: str | None
     serial: int = Field(ge=1)
     created_at: str = Field(default_factory=utc_now)
@@ -65,16 +81,23 @@ class Manifest(BaseModel):
     patch: str | None = None
     editor_state: str | None = None
     facts: str
+    facts_base: str | None = None
     facts_hash: str
     gates: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = None
     rollback_of: str | None = None
     ledger_head: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)  # versions, seed, notes
+    checkpoint: str | None = None
+    editor_checkpoint: str | None = None
 
     def canonical(self) -> str:
         # Python-mode dump: JSON mode would silently turn NaN into null; we refuse NaN.
-        return canonical_json(self.model_dump())
+        data = self.model_dump()
+        for name in OPTIONAL_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return canonical_json(data)
 
     @property
     def id(self) -> str:
@@ -86,7 +109,9 @@ class Manifest(BaseModel):
 
     def objects(self) -> dict[str, str]:
         """Field name -> object id, for every object this manifest names."""
-        named = {"patch": self.patch, "editor_state": self.editor_state, "facts": self.facts}
+        named = {"patch": self.patch, "editor_state": self.editor_state, "facts": self.facts,
+                 "facts_base": self.facts_base, "checkpoint": self.checkpoint,
+                 "editor_checkpoint": self.editor_checkpoint}
         return {field: sha for field, sha in named.items() if sha is not None}
 
 
@@ -162,6 +187,23 @@ class SnapshotStore:
         many snapshots' lineages reads each manifest once."""
         return self._walk(snapshot_id, lambda m: m.effective_parent, known)
 
+    def ancestors(self, snapshot_id: str, known: dict[str, Manifest] | None = None
+                  ) -> Iterator[tuple[str, Manifest]]:
+        """(id, manifest) from `snapshot_id` up to the root along effective parents, newest
+        first, read lazily: a rebuild stops at the nearest checkpoint without reading the
+        rest of the chain."""
+        known = {} if known is None else known
+        seen: set[str] = set()
+        current: str | None = snapshot_id
+        while current is not None:
+            if current in seen:  # impossible with content ids unless files were forged
+                raise IntegrityError(f"snapshot {current} is its own ancestor")
+            seen.add(current)
+            if current not in known:
+                known[current] = self.read(current)
+            yield current, known[current]
+            current = known[current].effective_parent
+
     def history(self, snapshot_id: str) -> list[tuple[str, Manifest]]:
         """(id, manifest) from the root to `snapshot_id` along `parent` links (what HEAD was)."""
         return self._walk(snapshot_id, lambda m: m.parent)
@@ -177,6 +219,20 @@ class SnapshotStore:
                 return manifest.editor_state
         return None
 
+    def added_bytes(self, snapshot_id: str, known: dict[str, Manifest] | None = None
+                    ) -> dict[str, int]:
+        """Bytes on disk this snapshot added, by field (`manifest` included): the objects it
+        names that its effective parent does not (a delta's base, a rollback's facts are
+        the parent's and not counted again). A missing object counts 0 (`verify` says so)."""
+        known = {} if known is None else known
+        manifest = known.setdefault(snapshot_id, self.read(snapshot_id))
+        up = manifest.effective_parent
+        before = set() if up is None else set(known.setdefault(up, self.read(up)).objects().values())
+        sizes = {"manifest": _size(self._path(snapshot_id))}
+        sizes.update({field: _size(self.objects.path(sha)) for field, sha in manifest.objects().items()
+                      if sha not in before})
+        return sizes
+
     def rollback_manifest(self, target: str, **fields: Any) -> Manifest:
         """A new manifest that moves the model back to `target` (see module doc).
 
@@ -189,6 +245,7 @@ class SnapshotStore:
         return Manifest(parent=head, serial=serial, base_model=old.base_model, editor=old.editor,
                         hparams=old.hparams, patch=None,
                         editor_state=self.editor_state_for(target), facts=old.facts,
+                        facts_base=old.facts_base,
                         facts_hash=old.facts_hash, rollback_of=target, **fields)
 
     def resolve(self, ref: str) -> str:
@@ -298,7 +355,22 @@ class SnapshotStore:
             problems.append(f"snapshot {sid[:12]}: root snapshot with serial {m.serial}")
         if m.parent in manifests and m.serial != manifests[m.parent].serial + 1:
             problems.append(f"snapshot {sid[:12]}: serial {m.serial} does not follow its parent's")
-        return problems
+        return problems + self._verify_facts_base(sid, m, manifests)
+
+    @staticmethod
+    def _verify_facts_base(sid: str, m: Manifest, manifests: dict[str, Manifest]) -> list[str]:
+        """A delta's base must be what its effective parent names (module doc), so the
+        objects a delta chain reads are all named along the chain."""
+        if m.facts_base is None:
+            return []
+        parent = manifests.get(m.effective_parent) if m.effective_parent else None
+        if parent is None:
+            return [f"snapshot {sid[:12]} facts_base: a delta needs an effective parent"]
+        expected = parent.facts_base if m.facts == parent.facts else parent.facts
+        if m.facts_base != expected:
+            return [f"snapshot {sid[:12]} facts_base: {m.facts_base[:12]} is not the facts of "
+                    f"its effective parent ({(expected or 'none')[:12]})"]
+        return []
 
     def _object_problem(self, sha: str) -> str | None:
         try:
@@ -315,3 +387,10 @@ class SnapshotStore:
         if head is not None and head not in manifests:
             return [f"HEAD names snapshot {head}, which is missing or damaged"]
         return []
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
