@@ -192,17 +192,7 @@ class SnapshotStore:
         """(id, manifest) from `snapshot_id` up to the root along effective parents, newest
         first, read lazily: a rebuild stops at the nearest checkpoint without reading the
         rest of the chain."""
-        known = {} if known is None else known
-        seen: set[str] = set()
-        current: str | None = snapshot_id
-        while current is not None:
-            if current in seen:  # impossible with content ids unless files were forged
-                raise IntegrityError(f"snapshot {current} is its own ancestor")
-            seen.add(current)
-            if current not in known:
-                known[current] = self.read(current)
-            yield current, known[current]
-            current = known[current].effective_parent
+        return self._climb(snapshot_id, lambda m: m.effective_parent, known)
 
     def history(self, snapshot_id: str) -> list[tuple[str, Manifest]]:
         """(id, manifest) from the root to `snapshot_id` along `parent` links (what HEAD was)."""
@@ -314,8 +304,12 @@ class SnapshotStore:
     def _walk(self, snapshot_id: str, up: Callable[[Manifest], str | None],
               known: dict[str, Manifest] | None = None) -> list[tuple[str, Manifest]]:
         """(id, manifest) from the root to snapshot_id; `known` caches manifests across walks."""
+        return list(self._climb(snapshot_id, up, known))[::-1]
+
+    def _climb(self, snapshot_id: str, up: Callable[[Manifest], str | None],
+               known: dict[str, Manifest] | None = None) -> Iterator[tuple[str, Manifest]]:
+        """(id, manifest) from snapshot_id upwards, newest first, each read when reached."""
         known = {} if known is None else known
-        path: list[tuple[str, Manifest]] = []
         seen: set[str] = set()
         current: str | None = snapshot_id
         while current is not None:
@@ -324,10 +318,8 @@ class SnapshotStore:
             seen.add(current)
             if current not in known:
                 known[current] = self.read(current)
-            manifest = known[current]
-            path.append((current, manifest))
-            current = up(manifest)
-        return path[::-1]
+            yield current, known[current]
+            current = up(known[current])
 
     def _check_links(self, manifest: Manifest) -> None:
         if manifest.parent is None:
