@@ -36,11 +36,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kbsync.editing.hparams import more_effort
-from kbsync.editing.rebuild import KeptModel, consolidate, fold_editor_state, load_at
-from kbsync.editing.registry import make_editor
+from kbsync.editing.rebuild import KeptModel, consolidate, load_at
 from kbsync.editing.request import EditSpec
-from kbsync.errors import ConfigError, EditorError, GateFailed, KbsyncError
+from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.capacity import capacity
 from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference, per_edit_passed
 from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
@@ -50,6 +48,7 @@ from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.lm.score import perplexity
 from kbsync.plan.plan import EditRequest, Plan
 from kbsync.recovery import check_plan, end_failed_run, record_committed, recover
+from kbsync.retry import Attempt, RetryEditors
 from kbsync.store.ledger import Ledger
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
@@ -67,20 +66,6 @@ class Work:
     spec: EditSpec
     fact: Fact | None            # the fact as it will be applied (None for a remove)
     pre_answer: str | None = None
-
-
-@dataclass
-class Attempt:
-    """One edit of some of a batch's facts, and what its gates said."""
-    batch: int                        # its own batch number in the ledger
-    origin: int                       # the batch number of the batch it retries (or its own)
-    checks: list[GateCheck]
-    passed: bool
-    own: dict[str, bool] | None = None   # fact key -> passed its own check; None: unknown
-                                         # (editor error, non-finite weights: no one to blame)
-
-    def own_failed(self, key: str) -> bool:
-        return self.own is not None and not self.own.get(key, True)
 
 
 @dataclass
@@ -180,12 +165,13 @@ class Scheduler:
         self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
         self.editor_calls = 0       # every edit attempted, retries included
         self.tries = 0              # attempts of the batch in hand
-        self._effort = self._fallback = self._base = None   # editors and base model, lazily
+        self._base = None            # the base model, loaded when first needed
         self._warned = False        # the capacity warning goes to the ledger once a run
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
         self.lm, self.editor = self.loaded or load_at(self.project, self.head)
+        self.retry = RetryEditors(self.project, self.lm, self.editor)
         if self.stop():
             raise RunAbandoned(None)                 # nothing started, nothing to record
         self.run_id = self.ledger.start_run(
@@ -343,10 +329,10 @@ class Scheduler:
         """An edit that failed: with more effort if it failed its own check (more steps
         cannot fix a batch's drift), then with the fallback editor; only then rejected."""
         if last.own_failed(w.request.fact_key) and self.cfg.retry.effort > 1:
-            last = self.attempt([w], "more_effort", of=last, editor=self._effort_editor())
+            last = self.attempt([w], "more_effort", of=last, editor=self.retry.effort())
             if last.passed:
                 return
-        fallback = self._fallback_editor()
+        fallback = self.retry.fallback(self.head)
         if fallback is not None:
             last = self.attempt([w], "fallback", of=last, editor=fallback)
             if last.passed:
@@ -381,7 +367,7 @@ class Scheduler:
                    "attempt": self.tries, "strategy": strategy})
         passed = all(c.passed for c in checks)
         if passed:
-            (editor if editor is self._fallback else self.editor).accept(patch)
+            self.retry.accepting(editor).accept(patch)
             self.commit(patch, batch, checks, editor)
         return Attempt(number, origin, checks, passed, own)
 
@@ -406,32 +392,6 @@ class Scheduler:
                 own = {w.request.fact_key: ok for w, ok in zip(batch, flags)}
             patch.restore(self.lm.model, saved)
         return patch, checks, own
-
-    def _effort_editor(self):
-        """The run's editor with `retry.effort` x the optimisation, holding the run's
-        editor memory as it is now (its patches are accepted by the run's editor)."""
-        if self._effort is None:
-            over = more_effort(self.editor.hp, self.cfg.retry.effort)
-            self._effort = make_editor(self.cfg.editor, self.lm.model.config,
-                                       {**self.cfg.hparams, **over, "seed": self.cfg.seed})
-        self._effort.load_state_dict(self.editor.state_dict())
-        return self._effort
-
-    def _fallback_editor(self):
-        """`retry.fallback_editor`, with the memory its own patches on this chain give it
-        (load_at folds only the run's editor's), or None when none is named."""
-        name = self.cfg.retry.fallback_editor
-        if not name:
-            return None
-        if name == self.cfg.editor:
-            raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
-                              hint="name another editor, e.g. grace, or leave it unset")
-        if self._fallback is None:
-            self._fallback = make_editor(name, self.lm.model.config,
-                                         {**self.cfg.retry.fallback_hparams,
-                                          "seed": self.cfg.seed})
-            fold_editor_state(self.project, self.head, self._fallback)
-        return self._fallback
 
     def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
         failed = [c.metric for c in checks if not c.passed]

@@ -1,0 +1,71 @@
+"""What a failing batch's retries are made of (the policy itself: apply.Scheduler.
+commit_or_retry): one `Attempt` per edit-and-gate, and the editors a retry may use.
+
+- the run's editor, for the batch and for its edits without the failing ones;
+- the "more effort" editor: the run's editor with `retry.effort` x the optimisation
+  (editing.hparams.more_effort), holding the run's editor memory as it is at each use;
+  its patches are accepted by the run's editor, so the chain folds as if it had made them;
+- `retry.fallback_editor` (e.g. a side memory), holding the memory its own patches on
+  the chain give it (the chain's rebuild folds only the run's editor's); it accepts its
+  own patches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kbsync.editing.hparams import more_effort
+from kbsync.editing.rebuild import fold_editor_state
+from kbsync.editing.registry import make_editor
+from kbsync.errors import ConfigError
+from kbsync.evaluate.gates import GateCheck
+
+
+@dataclass
+class Attempt:
+    """One edit of some of a batch's facts, and what its gates said."""
+    batch: int                        # its own batch number in the ledger
+    origin: int                       # the batch number of the batch it retries (or its own)
+    checks: list[GateCheck]
+    passed: bool
+    own: dict[str, bool] | None = None   # fact key -> passed its own check; None: unknown
+                                         # (editor error, non-finite weights: no one to blame)
+
+    def own_failed(self, key: str) -> bool:
+        return self.own is not None and not self.own.get(key, True)
+
+
+class RetryEditors:
+    """The editors of one run's retries, made on first use."""
+
+    def __init__(self, project, lm, editor):
+        self.project, self.cfg, self.lm, self.editor = project, project.config, lm, editor
+        self._effort = self._fallback = None
+
+    def effort(self):
+        """The run's editor with `retry.effort` x the optimisation and its memory now."""
+        if self._effort is None:
+            over = more_effort(self.editor.hp, self.cfg.retry.effort)
+            self._effort = make_editor(self.cfg.editor, self.lm.model.config,
+                                       {**self.cfg.hparams, **over, "seed": self.cfg.seed})
+        self._effort.load_state_dict(self.editor.state_dict())
+        return self._effort
+
+    def fallback(self, head: str | None):
+        """`retry.fallback_editor` with its memory along HEAD's chain, or None when none
+        is named."""
+        name = self.cfg.retry.fallback_editor
+        if not name:
+            return None
+        if name == self.cfg.editor:
+            raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
+                              hint="name another editor, e.g. grace, or leave it unset")
+        if self._fallback is None:
+            self._fallback = make_editor(name, self.lm.model.config,
+                                         {**self.cfg.retry.fallback_hparams,
+                                          "seed": self.cfg.seed})
+            fold_editor_state(self.project, head, self._fallback)
+        return self._fallback
+
+    def accepting(self, editor):
+        """The editor whose memory takes a patch `editor` made."""
+        return editor if editor is self._fallback else self.editor
