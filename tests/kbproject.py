@@ -8,6 +8,8 @@ test_reviewed_plan.py and test_crash.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from click.testing import CliRunner
 
 from kbsync.cli.main import main
@@ -171,9 +173,9 @@ class Broken:
             patch.factors = {l: (u * scale, v) for l, (u, v) in patch.factors.items()}
         return patch
 
-    def solve(self, layer, keys, resid, cov):
-        u, v = super().solve(layer, keys, resid, cov)
-        return (u * float("nan"), v) if self._poison_solve else (u, v)
+    def solve(self, layer, keys, resid, cov, **options):
+        solution = super().solve(layer, keys, resid, cov, **options)
+        return replace(solution, u=solution.u * float("nan")) if self._poison_solve else solution
 
 
 class BrokenMEMIT(Broken, MEMIT):

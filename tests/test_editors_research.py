@@ -178,14 +178,18 @@ def _hp(**extra):
     return HParams(layers=(1,), **known, extra=extra)
 
 
+def _factors(solution) -> tuple[torch.Tensor, torch.Tensor]:
+    return solution.u, solution.v
+
+
 def test_encore_solve_is_memit_with_norm_and_past_terms():
     keys, resid, cov, g = _problem()
     past = torch.randn(10, 3, generator=g, dtype=torch.float64)
     ed = make_editor("encore", type("C", (), {"model_type": "llama", "num_hidden_layers": 4,
                                               "hidden_size": 64})(), {"layers": [1], "mom2_weight": 2.0,
                                                                       "norm_lambda": 0.5})
-    ed.state["past_kkt.1"] = past @ past.T
-    u, v = ed.solve(1, keys, resid, cov)
+    ed.memory.past_kkt[1] = past @ past.T
+    u, v = _factors(ed.solve(1, keys, resid, cov))
     want = resid @ keys.T @ torch.linalg.inv(2.0 * cov + 0.5 * torch.eye(10) + past @ past.T + keys @ keys.T)
     torch.testing.assert_close(u @ v.T, want)
 
@@ -196,19 +200,21 @@ def test_lyaplock_solve_minimises_its_objective():
     ed = LyapLock(_hp(mom2_weight=3.0, lyap_alpha=2.0, lyap_v=0.7))
     drift = torch.randn(6, 10, generator=g, dtype=torch.float64)
     kp, up = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
-    ed.state.update({"lyap.drift.1": drift, "lyap.past_kkt.1": kp @ kp.T, "lyap.past_ukt.1": up @ kp.T,
-                     "lyap.d_base.1": torch.tensor([0.5], dtype=torch.float64),
-                     "lyap.queue.1": torch.tensor([3.0], dtype=torch.float64)})
+    memory = ed.memory
+    memory.drift[1], memory.past_kkt[1], memory.past_ukt[1] = drift, kp @ kp.T, up @ kp.T
+    memory.d_base[1] = torch.tensor([0.5], dtype=torch.float64)
+    memory.queue[1] = torch.tensor([3.0], dtype=torch.float64)
     w = ed.weight(1)
     assert w == pytest.approx(3.0 / math.sqrt(2.0 * 0.5) * 3.0)   # a·Z·λ
-    u, v = ed.solve(1, keys, resid, cov)
+    solution = ed.solve(1, keys, resid, cov)
+    u, v = _factors(solution)
     delta = u @ v.T
     grad = 0.7 * (delta @ keys - resid) @ keys.T + w * (drift + delta) @ cov \
         + 0.7 * ((drift + delta) @ kp - up) @ kp.T
     assert float(grad.abs().max()) < 1e-9
     after = drift + delta                                  # the queue saw PL of W after the step
     pl = float(torch.trace(after @ cov @ after.T))
-    assert float(ed._pending[1]["queue"]) == pytest.approx(queue_step(3.0, pl, 0.5, 2.0))
+    assert float(solution.adds["lyap.queue"]) == pytest.approx(queue_step(3.0, pl, 0.5, 2.0))
 
 
 @pytest.mark.parametrize("inner", ["memit", "alphaedit"])
@@ -219,9 +225,9 @@ def test_lyaplock_wrapper_is_the_inner_solve_at_the_queue_weight(inner):
     keys, resid, cov, _ = _problem()
     hp = _hp(mom2_weight=3.0, nullspace_threshold=0.5, l2=0.1, lyap_alpha=2.0)
     ed = LyapLock(hp, {"memit": MEMIT, "alphaedit": AlphaEdit}[inner](hp))
-    ed.state.update({"lyap.d_base.1": torch.tensor([0.5], dtype=torch.float64),
-                     "lyap.queue.1": torch.tensor([2.0], dtype=torch.float64)})   # a·Z = 2
-    u, v = ed.solve(1, keys, resid, cov)
+    ed.memory.d_base[1] = torch.tensor([0.5], dtype=torch.float64)
+    ed.memory.queue[1] = torch.tensor([2.0], dtype=torch.float64)    # a·Z = 2
+    u, v = _factors(ed.solve(1, keys, resid, cov))
     if inner == "memit":     # MEMIT with λ = a·Z·λ
         want = resid @ keys.T @ torch.linalg.inv(6.0 * cov + keys @ keys.T)
     else:                    # AlphaEdit with the weighted C inside its projected system
@@ -235,7 +241,7 @@ def test_rome_writes_the_key_exactly_with_the_least_c_weighted_change():
     keys, resid, cov, _ = _problem(n=1)
     ed = make_editor("rome", type("C", (), {"model_type": "llama", "num_hidden_layers": 8,
                                             "hidden_size": 64})(), {})
-    u, v = ed.solve(5, keys, resid, cov)
+    u, v = _factors(ed.solve(5, keys, resid, cov))
     delta = u @ v.T
     torch.testing.assert_close(delta @ keys, resid)                     # (W + Δ)k* = W k* + r
     c_inv_k = torch.linalg.solve(cov, keys)

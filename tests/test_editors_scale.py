@@ -8,7 +8,7 @@ import torch
 from kbsync.editing.gradients import gradient_features
 from kbsync.editing.moments import RunningMoments
 from kbsync.editing.patch import WeightPatch
-from kbsync.editing.regularize import anchor_targets, trimmed_mean
+from kbsync.editing.regularize import RegularizerMemory, anchor_targets, trimmed_mean
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
 from kbsync.editing.ultraedit import (known_facts, prior_factors, pseudo_values,
@@ -113,7 +113,7 @@ def test_nas_rescales_to_the_anchor_and_drops_the_outliers():
         delta = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0], [30.0, 40.0]])
         z = h + delta
     hp = make_editor("memit+nas", tiny_model("llama").model.config, TINY_HPARAMS).hp
-    z, update, stats = anchor_targets(hp, Target, {})
+    z, update, stats = anchor_targets(hp, Target, RegularizerMemory())
     norms = torch.tensor([2.0, 3.0, 2 ** 0.5, 50.0])
     anchor = float(trimmed_mean(norms, 0.05))            # 4 rows: nothing trimmed
     assert float(update["nas.anchor"]) == pytest.approx(anchor)
@@ -122,7 +122,7 @@ def test_nas_rescales_to_the_anchor_and_drops_the_outliers():
     torch.testing.assert_close((z - Target.h + Target.mlp)[:3].norm(dim=1),
                                torch.full((3,), anchor))
     torch.testing.assert_close(z[3], Target.h[3])
-    z2, update2, _ = anchor_targets(hp, Target, {"nas.anchor": torch.tensor([1.0])})
+    z2, update2, _ = anchor_targets(hp, Target, RegularizerMemory(torch.tensor([1.0])))
     assert not update2                                   # fixed once set
     torch.testing.assert_close(z2[0], torch.tensor([1.0, 0.0]) - Target.mlp[0])
 

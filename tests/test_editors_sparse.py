@@ -202,10 +202,10 @@ def test_prune_bounds_the_accumulated_delta(editor):
     ed, patches = _sequence(editor, lm, [[SPEC], NEXT[:1], NEXT[1:]])
     for layer, w0 in base.items():
         sigma0 = float(torch.linalg.matrix_norm(w0.double(), 2))
-        assert float(ed.state[f"prune.sigma0.{layer}"]) == pytest.approx(sigma0, rel=1e-6)
+        assert float(ed.regularizer.prune_sigma0[layer]) == pytest.approx(sigma0, rel=1e-6)
         raw = sum(p.state_update[f"prune.{layer}.U"] @ p.state_update[f"prune.{layer}.V"].T
                   for p in patches)
-        torch.testing.assert_close(ed.state[f"prune.raw.{layer}"], raw, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ed.regularizer.prune_raw[layer], raw, atol=1e-5, rtol=1e-5)
         raw_s = torch.linalg.svdvals(raw.double())
         assert float(raw_s[0]) > 2 * sigma0, "the test needs the restraint to act"
         want = torch.where(raw_s >= sigma0, sigma0 + torch.log(raw_s / sigma0), raw_s)

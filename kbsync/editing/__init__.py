@@ -9,14 +9,18 @@ Adding an editor:
    `clock`, `weight_layers`, `covariances(lm)`, `edit(lm, specs) -> Patch`,
    `accept(patch)`, `state_dict()` / `load_state_dict()`;
    tests/test_editor_contract.py checks it); a locate-then-edit editor subclasses
-   `base.LocateThenEdit` and writes only `solve` (and its memory, if any), a side-memory
-   editor `side.base.SideEditor` and writes `update` and its `SideMemory`;
+   `base.LocateThenEdit` and writes only `solve` (returning a `base.Solution`) and, if it
+   remembers past edits, its memory as a `state.EditorState` in the same module
+   (`memory_class = ...`: fields, `fold(patch)`, `entries`/`from_entries` under stable
+   names; bump its VERSION when they change); a side-memory editor subclasses
+   `side.base.SideEditor` and writes `update` and its `SideMemory`;
 2. `hparams/<name>.yaml`: defaults, then per family and per model; a MEMIT-family
    editor says `base: front_end` and lists only what differs from hparams/front_end.yaml;
 3. one line in `registry.EDITORS` (name -> "module:Class", summary), which keeps
    `kbsync plan` from importing torch;
 4. its tests: an edit lands on the tiny models of every family, an unrelated prompt
-   barely moves, state save/load and a rebuilt chain give identical next edits, and its
+   barely moves, state save/load and a rebuilt chain give identical next edits (its
+   memory's names in tests/test_editor_state.py), and its
    solve against the closed form on random float64 matrices (tests/test_editors_scale.py
    is the latest example).
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.base import LocateThenEdit
+from kbsync.editing.base import LocateThenEdit, Solution
 from kbsync.editing.memory import KeyMemory
 from kbsync.editing.projector import nullspace_projector
 
@@ -27,19 +27,19 @@ class AlphaEdit(KeyMemory, LocateThenEdit):
         super().__init__(hparams)
         self._projectors: dict[int, torch.Tensor] = {}
 
-    def projector(self, layer: int, cov: torch.Tensor) -> torch.Tensor:
+    def projector(self, layer: int, cov: torch.Tensor, batch=None) -> torch.Tensor:
         if layer not in self._projectors:
             self._projectors[layer] = nullspace_projector(cov, self.hp.nullspace_threshold)
         return self._projectors[layer]
 
-    def solve(self, layer, keys, resid, cov, preserve: float | None = None):
-        proj = self.projector(layer, cov)                             # (d_in, d_in)
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
+        proj = self.projector(layer, cov, batch)                      # (d_in, d_in)
         kkt = keys @ keys.T + self.past_gram(layer, keys)
         if preserve:
             kkt = kkt + preserve * cov
         system = proj @ kkt + self.hp.l2 * torch.eye(len(proj), dtype=keys.dtype, device=keys.device)
         v = torch.linalg.solve(system, proj @ keys)                   # (d_in, n)
-        return resid, v
+        return Solution(resid, v)
 
     def solve_flops(self, d_in: int, n: int) -> float:
         return super().solve_flops(d_in, n) + 2 * d_in ** 3 + 2 * d_in * d_in * n   # P·KKᵀ, P·K

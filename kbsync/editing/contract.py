@@ -7,7 +7,8 @@
 
 A snapshot's model and editor are rebuilt by applying and accepting every patch along its
 chain in order (kbsync/editing/rebuild.py); an editor whose `accept` is a pure function of
-(state, patch) therefore rebuilds bit for bit in any process. Weight editors
+(state, patch) therefore rebuilds bit for bit in any process. A weight editor's memory is a
+typed, versioned object whose `fold(patch)` is that function (kbsync/editing/state.py). Weight editors
 (kbsync/editing/base.py:LocateThenEdit, UltraEdit) return a WeightPatch, side-memory
 editors (kbsync/editing/side/base.py:SideEditor) a MemoryPatch; both are `Patch`.
 tests/test_editor_contract.py checks every registered editor against these protocols."""

@@ -22,24 +22,26 @@ is full rank once there is drift, so the patch holds it densely (as I·Δ or Δ�
 `lyaplock+memit`, `lyaplock+alphaedit` wrap an inner editor: its own solve, called with
 preserve = w (MEMIT: λ → w; AlphaEdit: + w·C in its projected system), the queue as above.
 
-State (rebuilt by folding accept over a snapshot's patches): `lyap.queue.L`, `lyap.d_base.L`
+State (`LyapunovMemory`, rebuilt by folding accept over a snapshot's patches): `lyap.queue.L`, `lyap.d_base.L`
 (carried as values by each patch: the queue update is not additive), `lyap.drift.L` = D
 (the sum of the patches' own deltas: no extra bytes in the patches), and on its own
 `lyap.past_kkt.L`, `lyap.past_ukt.L` (folded from the patch's `lyap.keys.L`,
-`lyap.values.L`); a wrapped editor's entries under `inner.`. C is the shared covariance cache, so V₀K₀ᵀ = W₀C and V₀V₀ᵀ = W₀CW₀ᵀ
-need no second statistics pass."""
+`lyap.values.L`, what each layer's solve adds); a wrapped editor's entries under `inner.`.
+C is the shared covariance cache, so V₀K₀ᵀ = W₀C and V₀V₀ᵀ = W₀CW₀ᵀ need no second
+statistics pass."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 from kbsync.editing.alphaedit import AlphaEdit
-from kbsync.editing.base import LocateThenEdit
+from kbsync.editing.base import LocateThenEdit, Solution
 from kbsync.editing.memit import MEMIT
-from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch
+from kbsync.editing.state import EditorState, Tensors, add, named, per_layer
 
 PREFIX = "lyap."      # this editor's own state entries
 INNER = "inner."      # the wrapped editor's, under their own names after this prefix
@@ -64,7 +66,48 @@ def _scalar(x: float) -> torch.Tensor:
     return torch.tensor([x], dtype=torch.float64)
 
 
+@dataclass
+class LyapunovMemory(EditorState):
+    """LyapLock's memory per layer: the virtual queue Z and D_base (each
+    patch carries their new values), the drift D = Σ Δ (the patches' own deltas), and on
+    its own the past edits' Σ K_pK_pᵀ and Σ U_pK_pᵀ (from `lyap.keys`, `lyap.values`)."""
+
+    TAG = "lyap"
+    queue: dict[int, torch.Tensor] = field(default_factory=dict)
+    d_base: dict[int, torch.Tensor] = field(default_factory=dict)
+    drift: dict[int, torch.Tensor] = field(default_factory=dict)
+    past_kkt: dict[int, torch.Tensor] = field(default_factory=dict)
+    past_ukt: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def fold(self, patch) -> None:
+        update = patch.state_update
+        for layer in patch.layers:
+            self.drift[layer] = add(self.drift.get(layer), patch.delta(layer, dtype=torch.float64))
+        for layer, z in per_layer(update, "lyap.queue.").items():
+            self.queue[layer] = z.double().clone()
+        for layer, d in per_layer(update, "lyap.d_base.").items():
+            self.d_base[layer] = d.double().clone()
+        values = per_layer(update, "lyap.values.")
+        for layer, k in per_layer(update, "lyap.keys.").items():
+            k = k.double()
+            self.past_kkt[layer] = add(self.past_kkt.get(layer), k.T @ k)
+            self.past_ukt[layer] = add(self.past_ukt.get(layer), values[layer].double().T @ k)
+
+    def entries(self) -> Tensors:
+        return {**named("lyap.queue.", self.queue), **named("lyap.d_base.", self.d_base),
+                **named("lyap.drift.", self.drift), **named("lyap.past_kkt.", self.past_kkt),
+                **named("lyap.past_ukt.", self.past_ukt)}
+
+    @classmethod
+    def from_entries(cls, tensors: Tensors) -> "LyapunovMemory":
+        return cls(*(per_layer(tensors, f"lyap.{what}.")
+                     for what in ("queue", "d_base", "drift", "past_kkt", "past_ukt")))
+
+
 class LyapLock(LocateThenEdit):
+    memory_class = LyapunovMemory
+    memory: LyapunovMemory
+
     def __init__(self, hparams, inner: LocateThenEdit | None = None):
         super().__init__(hparams)
         self.inner = inner
@@ -72,29 +115,24 @@ class LyapLock(LocateThenEdit):
         self.alpha = float(hparams.extra.get("lyap_alpha", 60.0))    # budget: α·D_base
         self.tradeoff = float(hparams.extra.get("lyap_v", 1.0))      # V, on the edit terms
         self.drift_b = float(hparams.extra.get("lyap_b", 0.0))       # b, the queue's constant
-        self._pending: dict[int, dict[str, torch.Tensor]] = {}
         self._d_out: int | None = None
-
-    def _get(self, what: str, layer: int) -> torch.Tensor | None:
-        return self.state.get(f"{PREFIX}{what}.{layer}")
 
     def weight(self, layer: int) -> float:
         """w = a·Z·λ for this layer's next step (λ until the first batch sets D_base)."""
-        d_base = self._get("d_base", layer)
+        d_base = self.memory.d_base.get(layer)
         if d_base is None:
             return self.hp.mom2_weight
-        z = float(self._get("queue", layer))
+        z = float(self.memory.queue[layer])
         return z / math.sqrt(self.alpha * float(d_base)) * self.hp.mom2_weight
 
-    def edit(self, lm, specs) -> WeightPatch:
-        self._pending = {}           # filled per layer by solve, read by state_update
-        return super().edit(lm, specs)
-
-    def solve(self, layer, keys, resid, cov):
-        w, drift = self.weight(layer), self._get("drift", layer)
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
+        w, drift = self.weight(layer), self.memory.drift.get(layer)
         drift = drift.to(keys) if drift is not None else None
+        adds: dict[str, torch.Tensor] = {}
         if self.inner is not None:
-            u, v = self.inner.solve(layer, keys, resid, cov, preserve=w)
+            inner = self.inner.solved(layer, keys, resid, cov, preserve=w, batch=batch)
+            u, v = inner.u, inner.v
+            adds = {INNER + name: t for name, t in inner.adds.items()}
         else:
             u, v = self._anchored_solve(layer, keys, resid, cov, w, drift)
         # D after this step, from the float32 factors the patch stores, as accept() folds
@@ -102,22 +140,21 @@ class LyapLock(LocateThenEdit):
         step = u.float().double() @ v.float().double().T
         after = step if drift is None else drift + step
         pl = float(((after @ cov) * after).sum())                    # tr(D C Dᵀ)
-        old = self._get("d_base", layer)
+        old = self.memory.d_base.get(layer)
         d_base = max(pl, 1e-30) if old is None else float(old)       # > 0: a = 1/√(αD)
-        z = self._get("queue", layer)
+        z = self.memory.queue.get(layer)
         z = math.sqrt(self.alpha * d_base) if z is None else float(z)
-        pending = {"queue": _scalar(queue_step(z, pl, d_base, self.alpha, self.drift_b)),
-                   "d_base": _scalar(d_base)}
+        adds[f"{PREFIX}queue"] = _scalar(queue_step(z, pl, d_base, self.alpha, self.drift_b))
+        adds[f"{PREFIX}d_base"] = _scalar(d_base)
         if self.inner is None:       # past edits, kept at the values they reach now
-            pending["keys"] = keys.T.float().cpu()                   # (n, d_in)
-            pending["values"] = (after @ keys).T.float().cpu()       # (n, d_out): U_p
-        self._pending[layer] = pending
+            adds[f"{PREFIX}keys"] = keys.T.float().cpu()                   # (n, d_in)
+            adds[f"{PREFIX}values"] = (after @ keys).T.float().cpu()       # (n, d_out): U_p
         self._d_out = resid.shape[0]
-        return u, v
+        return Solution(u, v, adds)
 
     def _anchored_solve(self, layer, keys, resid, cov, w, drift):
         v_ = self.tradeoff
-        past_kk, past_uk = self._get("past_kkt", layer), self._get("past_ukt", layer)
+        past_kk, past_uk = self.memory.past_kkt.get(layer), self.memory.past_ukt.get(layer)
         gram = v_ * (keys @ keys.T) + w * cov                        # (d_in, d_in), symmetric
         if drift is None and past_kk is None:   # first batch: W = W₀, nothing to pull back
             return v_ * resid, torch.linalg.solve(gram, keys)        # rank ≤ n
@@ -137,40 +174,18 @@ class LyapLock(LocateThenEdit):
             return self.inner.solve_flops(d_in, n) + trace
         return super().solve_flops(d_in, d_out) + 2 * trace          # d_out right-hand sides
 
-    def state_update(self, keys) -> dict[str, torch.Tensor]:
-        out = {}
-        if self.inner is not None:
-            out = {INNER + k: t
-                   for k, t in self.inner.state_update(keys).items()}
-        for layer, entries in self._pending.items():
-            out.update({f"{PREFIX}{what}.{layer}": t for what, t in entries.items()})
-        return out
-
-    def remember(self, patch: WeightPatch) -> None:
-        own = {k[len(PREFIX):]: t for k, t in patch.state_update.items() if k.startswith(PREFIX)}
+    def accept(self, patch: WeightPatch) -> None:
+        super().accept(patch)
         if self.inner is not None:
             rest = {k[len(INNER):]: t for k, t in patch.state_update.items() if k.startswith(INNER)}
             self.inner.accept(WeightPatch(patch.factors, rest))
-        for layer in patch.layers:
-            self._fold(f"drift.{layer}", patch.delta(layer, dtype=torch.float64))
-        for name, t in own.items():
-            what, layer = name.split(".")
-            if what in ("queue", "d_base"):
-                self.state[f"{PREFIX}{name}"] = t.double().clone()
-            elif what == "keys":
-                k = t.double()
-                self._fold(f"past_kkt.{layer}", k.T @ k)
-                self._fold(f"past_ukt.{layer}", own[f"values.{layer}"].double().T @ k)
-
-    def _fold(self, what: str, t: torch.Tensor) -> None:
-        accumulate(self.state, PREFIX + what, t)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         inner = self.inner.state_dict() if self.inner is not None else {}
-        return {**self.state, **{INNER + k: t for k, t in inner.items()}}
+        return {**super().state_dict(), **{INNER + k: t for k, t in inner.items()}}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.state = {k: t.clone() for k, t in state.items() if not k.startswith(INNER)}
+        super().load_state_dict({k: t for k, t in state.items() if not k.startswith(INNER)})
         if self.inner is not None:
             self.inner.load_state_dict({k[len(INNER):]: t for k, t in state.items()
                                         if k.startswith(INNER)})

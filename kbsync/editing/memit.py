@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.base import LocateThenEdit
+from kbsync.editing.base import LocateThenEdit, Solution
 
 
 class MEMIT(LocateThenEdit):
@@ -22,6 +22,6 @@ class MEMIT(LocateThenEdit):
         lam = self.hp.mom2_weight if preserve is None else preserve
         return lam * cov + keys @ keys.T                              # (d_in, d_in)
 
-    def solve(self, layer, keys, resid, cov, preserve: float | None = None):
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
         v = torch.linalg.solve(self.system(layer, keys, cov, preserve), keys)   # (d_in, n)
-        return resid, v                                              # Δ = resid @ vᵀ
+        return Solution(resid, v)                                    # Δ = resid @ vᵀ

@@ -39,11 +39,12 @@ in milliseconds."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
 from kbsync.editing.alphaedit import AlphaEdit
-from kbsync.editing.contexts import context_templates
+from kbsync.editing.base import Solution
 from kbsync.editing.keys import states_at
 from kbsync.errors import EditorError
 from kbsync.lm import arch
@@ -59,14 +60,11 @@ class NMKE(AlphaEdit):
         if self.hp.extra.get("nmke_solve", "mask") not in ("mask", "restrict"):
             raise EditorError(f"unknown nmke_solve {self.hp.extra['nmke_solve']!r}",
                               hint="use mask (the reference) or restrict")
-        self._masks: dict[int, torch.Tensor] = {}
         self.masks: dict[int, torch.Tensor] = {}     # the last batch's, for inspection
 
-    def edit(self, lm, specs):
-        if not specs:
-            return super().edit(lm, specs)
+    def prepare(self, lm, specs, contexts) -> dict[int, torch.Tensor]:
+        """The batch's neuron mask per layer, from the model before the edit."""
         hp, x = self.hp, self.hp.extra
-        contexts = context_templates(lm, hp.contexts, hp.context_length, hp.seed)
         shape = dict(resonance=tuple(x.get("nmke_resonance", (0.3, 0.4))),
                      burst=tuple(x.get("nmke_burst", (0.3, 0.4))),
                      gamma_resonance=float(x.get("nmke_gamma_resonance", 3.0)),
@@ -75,25 +73,21 @@ class NMKE(AlphaEdit):
         with self.clock.phase("keys", lm.device):      # a forward pass, like the keys'
             scores = neuron_scores(lm, specs, contexts, sorted(hp.layers),
                                    float(x.get("nmke_amplify", 30.0)))
-            self._masks = {layer: neuron_mask(s, **shape) for layer, s in scores.items()}
-        try:
-            patch = super().edit(lm, specs)
-        finally:
-            self.masks, self._masks = self._masks, {}
+            self.masks = {layer: neuron_mask(s, **shape) for layer, s in scores.items()}
         self.last_stats["neurons_kept"] = {l: float(m.float().mean())
                                            for l, m in self.masks.items()}
-        return patch
+        return self.masks
 
-    def projector(self, layer: int, cov: torch.Tensor) -> torch.Tensor:
+    def projector(self, layer: int, cov: torch.Tensor, batch=None) -> torch.Tensor:
         proj = super().projector(layer, cov)
-        if self.hp.extra.get("nmke_solve", "mask") == "restrict" and layer in self._masks:
-            return restricted_projector(proj, self._masks[layer])
+        if self.hp.extra.get("nmke_solve", "mask") == "restrict" and batch is not None:
+            return restricted_projector(proj, batch[layer])
         return proj
 
-    def solve(self, layer, keys, resid, cov, *args, **kwargs):
-        resid, v = super().solve(layer, keys, resid, cov, *args, **kwargs)
-        mask = self._masks[layer].to(v.device, v.dtype)                # (d_in,)
-        return resid, v * mask[:, None]                                # rows of X = neurons
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
+        solution = super().solve(layer, keys, resid, cov, preserve=preserve, batch=batch)
+        mask = batch[layer].to(solution.v.device, solution.v.dtype)    # (d_in,)
+        return replace(solution, v=solution.v * mask[:, None])         # rows of X = neurons
 
 
 def restricted_projector(proj: torch.Tensor, mask: torch.Tensor,

@@ -31,19 +31,54 @@ NAS    (norm-anchor scaling, arXiv 2602.02543) acts one step earlier, on the tar
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import yaml
 
-from kbsync.editing.memory import accumulate
 from kbsync.editing.patch import WeightPatch
 from kbsync.editing.registry import REGULARIZERS
+from kbsync.editing.state import EditorState, Tensors, add, named, per_layer
 from kbsync.errors import EditorError
 
 DEFAULTS = Path(__file__).resolve().parent / "hparams" / "regularize.yaml"
 NONE = (None, "", "none")
+
+
+@dataclass
+class RegularizerMemory(EditorState):
+    """NAS's anchor norm m (fixed by the first accepted batch), PRUNE's accumulated raw
+    update A = Σ U Vᵀ and σ₀ of the original matrix per layer."""
+
+    TAG = "regularizer"
+    nas_anchor: torch.Tensor | None = None
+    prune_raw: dict[int, torch.Tensor] = field(default_factory=dict)
+    prune_sigma0: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def fold(self, patch) -> None:
+        update = patch.state_update
+        if "nas.anchor" in update and self.nas_anchor is None:
+            self.nas_anchor = update["nas.anchor"].clone()
+        for name, u in update.items():
+            parts = name.split(".")
+            if parts[0] != "prune":
+                continue
+            layer, which = int(parts[1]), parts[2]
+            if which == "U":
+                d = (u.double() @ update[f"prune.{layer}.V"].double().T).float()
+                self.prune_raw[layer] = add(self.prune_raw.get(layer), d)
+            elif which == "sigma0" and layer not in self.prune_sigma0:
+                self.prune_sigma0[layer] = u.clone()
+
+    def entries(self) -> Tensors:
+        out = {"nas.anchor": self.nas_anchor} if self.nas_anchor is not None else {}
+        return out | named("prune.raw.", self.prune_raw) | named("prune.sigma0.", self.prune_sigma0)
+
+    @classmethod
+    def from_entries(cls, tensors: Tensors) -> "RegularizerMemory":
+        return cls(tensors.get("nas.anchor"), per_layer(tensors, "prune.raw."),
+                   per_layer(tensors, "prune.sigma0."))
 
 
 def _log_base(base: float):
@@ -77,7 +112,7 @@ def resolve(hp):
 
 
 def step(hp, layer: int, u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
-         state: dict[str, torch.Tensor]) -> WeightPatch:
+         memory: RegularizerMemory) -> WeightPatch:
     """This layer's part of the batch's patch, from the solve's Δ = u vᵀ (float64, on the
     layer's device) and the matrix `weight` (d_out, d_in) as it is now."""
     name = hp.extra.get("regularizer")
@@ -85,11 +120,11 @@ def step(hp, layer: int, u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
         return WeightPatch({}, dense={layer: rect(u @ v.T, weight, float(hp.extra["rect_keep"]),
                                                   float(hp.extra["rect_eps"])).float().cpu()})
     if name == "prune":
-        return _prune(layer, u, v, weight, state, REDUCE[hp.extra["prune_reduce"]])
+        return _prune(layer, u, v, weight, memory, REDUCE[hp.extra["prune_reduce"]])
     return WeightPatch({layer: (u.float().cpu(), v.float().cpu())})
 
 
-def anchor_targets(hp, target, state: dict[str, torch.Tensor]
+def anchor_targets(hp, target, memory: RegularizerMemory
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
     """(target block outputs z, state entries to carry, stats) for the batch; without NAS
     z is the target as optimised."""
@@ -99,7 +134,7 @@ def anchor_targets(hp, target, state: dict[str, torch.Tensor]
     vstar = v0 + target.delta
     norms = vstar.norm(dim=1)
     update = {}
-    anchor = state.get("nas.anchor")
+    anchor = memory.nas_anchor
     if anchor is None:
         anchor = trimmed_mean(norms, float(hp.extra["nas_trim"])).reshape(1).cpu()
         update["nas.anchor"] = anchor.float()
@@ -139,15 +174,15 @@ def restrain(a: torch.Tensor, sigma0: float | torch.Tensor, reduce=REDUCE["log"]
     return (u * torch.where(big, reduce(s, sigma0), s)) @ vh, True
 
 
-def _prune(layer, u, v, weight, state, reduce) -> WeightPatch:
-    # the raw update travels as factors (small); fold() sums it into the memory
+def _prune(layer, u, v, weight, memory: RegularizerMemory, reduce) -> WeightPatch:
+    # the raw update travels as factors (small); RegularizerMemory.fold sums it
     update = {f"prune.{layer}.U": u.float().cpu(), f"prune.{layer}.V": v.float().cpu()}
-    sigma0 = state.get(f"prune.sigma0.{layer}")
+    sigma0 = memory.prune_sigma0.get(layer)
     if sigma0 is None:        # no PRUNE batch accepted yet: this matrix is the original W₀
         sigma0 = torch.linalg.matrix_norm(weight.double(), ord=2).reshape(1).cpu()
         update[f"prune.{layer}.sigma0"] = sigma0.float()
     sigma0 = float(sigma0)
-    old = state.get(f"prune.raw.{layer}")
+    old = memory.prune_raw.get(layer)
     old = None if old is None else old.to(u.device, u.dtype)
     delta = u @ v.T
     new, changed = restrain(delta if old is None else old + delta, sigma0, reduce)
@@ -156,23 +191,3 @@ def _prune(layer, u, v, weight, state, reduce) -> WeightPatch:
         return WeightPatch({layer: (u.float().cpu(), v.float().cpu())}, update)
     step_delta = new if before is None else new - before
     return WeightPatch({}, update, {layer: step_delta.float().cpu()})
-
-
-def fold(state: dict[str, torch.Tensor], patch: WeightPatch) -> WeightPatch:
-    """Fold the regulariser's entries of an accepted patch into the editor memory `state`;
-    returns the patch without them (the patch itself when it has none), for the editor."""
-    own = {k: t for k, t in patch.state_update.items() if k.startswith(("prune.", "nas."))}
-    if not own:
-        return patch
-    for name, t in own.items():
-        if name == "nas.anchor":          # fixed once: the first accepted batch's
-            state.setdefault(name, t.clone())
-            continue
-        _, layer, which = name.split(".")
-        if which == "U":
-            d = (t.double() @ own[f"prune.{layer}.V"].double().T).float()
-            accumulate(state, f"prune.raw.{layer}", d)
-        elif which == "sigma0":
-            state.setdefault(f"prune.sigma0.{layer}", t.clone())
-    rest = {k: t for k, t in patch.state_update.items() if k not in own}
-    return WeightPatch(patch.factors, rest, patch.dense)

@@ -10,14 +10,18 @@ at O(d_in² n) per turn whatever the history; R is MEMIT's residual spread over 
 (the innovation form; the released code subtracts KᵀW once more from a V that is already
 the residual). The patch carries the batch's keys; C is folded from them in `remember`,
 so a rebuilt chain has the same C bit for bit: a fold waits, turn by turn, for C₀, which
-needs the model's statistics and is formed at the next edit (editing/stats.py)."""
+needs the model's statistics and is formed at the next edit (editing/stats.py). The memory
+is `RLSInverse`, below (the contract: editing/state.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from kbsync.editing.base import LocateThenEdit
-from kbsync.editing.memory import KeyMemory
+from kbsync.editing.base import LocateThenEdit, Solution
+from kbsync.editing.memory import batch_keys
+from kbsync.editing.state import EditorState, Tensors, named, per_layer
 
 
 def woodbury_gain(c: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,39 +44,68 @@ def spd_inverse(a: torch.Tensor, tries: int = 5) -> torch.Tensor:
     return torch.linalg.pinv(a, hermitian=True)
 
 
-class RLSEdit(KeyMemory, LocateThenEdit):
+def woodbury_update(c: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """C_t from C_{t-1} (d, d) and one turn's keys (n, d) as the patch carries them."""
+    gain, f = woodbury_gain(c, keys.T.to(c))
+    return c - gain @ f.T
+
+
+@dataclass
+class RLSInverse(EditorState):
+    """RLSEdit's C_t per layer, and the turns accepted before C₀ existed (it
+    needs the model's statistics), folded in order once it does."""
+
+    TAG = "rls"
+    inverse: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def fold(self, patch) -> None:
+        for layer, k in per_layer(patch.state_update, "keys.").items():
+            if layer in self.inverse:
+                self.inverse[layer] = woodbury_update(self.inverse[layer], k)
+            else:
+                self.pending.setdefault(layer, []).append(k.clone())
+
+    def keys_update(self, keys: torch.Tensor) -> Tensors:
+        return batch_keys(keys)
+
+    def entries(self) -> Tensors:
+        out = named("rls.C.", self.inverse)
+        for layer, turns in sorted(self.pending.items()):
+            out.update({f"rls.pending.{layer}.{i}": k for i, k in enumerate(turns)})
+        return out
+
+    @classmethod
+    def from_entries(cls, tensors: Tensors) -> "RLSInverse":
+        pending: dict[int, dict[int, torch.Tensor]] = {}
+        for name, t in tensors.items():
+            parts = name.split(".")
+            if name.startswith("rls.pending.") and len(parts) == 4:
+                pending.setdefault(int(parts[2]), {})[int(parts[3])] = t
+        return cls(per_layer(tensors, "rls.C."),
+                   {layer: [turns[i] for i in sorted(turns)] for layer, turns in pending.items()})
+
+
+class RLSEdit(LocateThenEdit):
     name = "rlsedit"
+    memory_class = RLSInverse
+    memory: RLSInverse
 
     def inverse(self, layer: int, cov: torch.Tensor) -> torch.Tensor:
         """C_{t-1} of `layer`: C₀ from the statistics at the first call, then every
         accepted turn's keys folded in order."""
-        name = f"rls.C.{layer}"
-        if name not in self.state:
+        memory = self.memory
+        if layer not in memory.inverse:
             lam = float(self.hp.extra.get("rls_lambda", 0.0))
             eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
-            self.state[name] = spd_inverse(self.hp.mom2_weight * cov.double() + lam ** 2 * eye)
-        turns = [k for k in self.state if k.startswith(f"rls.pending.{layer}.")]
-        for key in sorted(turns, key=lambda k: int(k.rsplit(".", 1)[1])):   # in turn order
-            self._fold(layer, self.state.pop(key))
-        return self.state[name]
+            memory.inverse[layer] = spd_inverse(self.hp.mom2_weight * cov.double() + lam ** 2 * eye)
+        for keys in memory.pending.pop(layer, []):                   # in turn order
+            memory.inverse[layer] = woodbury_update(memory.inverse[layer], keys)
+        return memory.inverse[layer]
 
-    def solve(self, layer, keys, resid, cov):
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
         gain, _ = woodbury_gain(self.inverse(layer, cov).to(keys), keys)
-        return resid, gain                                           # Δ = R (C_t K)ᵀ
-
-    def remember(self, patch) -> None:
-        for name, k in patch.state_update.items():
-            layer = int(name.split(".")[1])
-            if f"rls.C.{layer}" in self.state:
-                self._fold(layer, k)
-            else:                       # C₀ not formed yet: keep the turn for later, in order
-                turn = sum(1 for s in self.state if s.startswith(f"rls.pending.{layer}."))
-                self.state[f"rls.pending.{layer}.{turn}"] = k.clone()
-
-    def _fold(self, layer: int, keys: torch.Tensor) -> None:
-        c = self.state[f"rls.C.{layer}"]
-        gain, f = woodbury_gain(c, keys.T.to(c))
-        self.state[f"rls.C.{layer}"] = c - gain @ f.T
+        return Solution(resid, gain)                                 # Δ = R (C_t K)ᵀ
 
     def solve_flops(self, d_in: int, n: int) -> float:
         """F = C K, KᵀF, the n×n solve and Δ's V: no d_in³ term."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from kbsync.editing.base import LocateThenEdit
+from kbsync.editing.base import LocateThenEdit, Solution
 from kbsync.editing.patch import WeightPatch, restore_layers, save_layers
 from kbsync.errors import EditorError
 
@@ -34,7 +34,7 @@ class ROME(LocateThenEdit):
                               hint="set hparams: {layers: [5]} (one layer) in kbsync.yaml")
         self._lu: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def solve(self, layer, keys, resid, cov):
+    def solve(self, layer, keys, resid, cov, *, preserve=None, batch=None) -> Solution:
         if keys.shape[1] != 1:
             raise EditorError(f"rome solves one request at a time, got {keys.shape[1]}")
         if self.hp.extra.get("mom2_adjustment", True):
@@ -45,7 +45,7 @@ class ROME(LocateThenEdit):
         else:
             u = keys.clone()
         u = u / u.norm()                   # scale-free: only the direction of C⁻¹k* matters
-        return resid / (u.T @ keys), u     # Δ = r uᵀ / (uᵀk*)
+        return Solution(resid / (u.T @ keys), u)     # Δ = r uᵀ / (uᵀk*)
 
     def solve_flops(self, d_in: int, n: int) -> float:
         return 2 / 3 * d_in ** 3 + 2 * d_in * d_in * n

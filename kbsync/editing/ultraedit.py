@@ -7,8 +7,8 @@ Per turn, for each edited MLP out-projection (editing/gradients.py gives K, G):
     Δ       = Vᵀ (K Kᵀ + λ I)⁻¹ K         ridge fit of V from the raw keys (dual form)
 
 No target optimisation and no subject: a fact given as a free prompt edits as well. The
-only memory is the running moments (editing/moments.py), carried whole in each patch's
-state update, so the newest patch on a chain restores it exactly.
+only memory is the running moments (editing/moments.py, `MomentsMemory`), carried whole in
+each patch's state update, so the newest patch on a chain restores it exactly.
 Options: StableEdit's whitening of the gradient half (arXiv 2605.11836, `whiten: true`)
 and its warm-up, here of the statistics only (`warmup: N`): before the first turn the
 moments take the features of N true facts the model already knows (kbsync/data/
@@ -22,6 +22,7 @@ MEMIT's λC prior to the ridge. Hyperparameters in hparams/ultraedit.yaml.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from kbsync.editing.hparams import HParams
 from kbsync.editing.moments import RunningMoments
 from kbsync.editing.patch import WeightPatch, restore_layers, save_layers
 from kbsync.editing.request import EditSpec
+from kbsync.editing.state import EditorState, Tensors
 from kbsync.editing.stats import MomentCache
 from kbsync.errors import EditorError
 from kbsync.lm import arch
@@ -70,6 +72,30 @@ def prior_factors(keys: torch.Tensor, values: torch.Tensor, prior: torch.Tensor,
     return values.T, torch.linalg.solve(system, keys.T)
 
 
+@dataclass
+class MomentsMemory(EditorState):
+    """UltraEdit's lifelong moments per layer; each patch carries them whole
+    after its turn, so folding replaces."""
+
+    TAG = "moments"
+    moments: dict[int, RunningMoments] = field(default_factory=dict)
+
+    def fold(self, patch) -> None:
+        self.moments.update(self.from_entries(patch.state_update).moments)
+
+    def entries(self) -> Tensors:
+        out: Tensors = {}
+        for layer, m in sorted(self.moments.items()):
+            out.update(m.to_tensors(f"moments.{layer}."))
+        return out
+
+    @classmethod
+    def from_entries(cls, tensors: Tensors) -> "MomentsMemory":
+        layers = {int(n.split(".")[1]) for n in tensors
+                  if n.startswith("moments.") and n.endswith(".n")}
+        return cls({l: RunningMoments.from_tensors(tensors, f"moments.{l}.") for l in sorted(layers)})
+
+
 class UltraEdit:
     name = "ultraedit"
     needs_subject = False
@@ -90,7 +116,7 @@ class UltraEdit:
         self._warm: dict[int, RunningMoments] | None = None   # _initial_moments, once
         if self.eta <= 0 or self.ridge <= 0:
             raise EditorError(f"ultraedit needs eta > 0 and ridge > 0, got {self.eta}, {self.ridge}")
-        self.moments: dict[int, RunningMoments] = {}
+        self.memory = MomentsMemory()
         self.last_stats: dict = {}
         self.clock = PhaseClock()
 
@@ -128,10 +154,10 @@ class UltraEdit:
         layers = self.weight_layers
         with self.clock.phase("stats", lm.device):
             covs = self.covariances(lm)
-        if any(l not in self.moments for l in layers):
+        if any(l not in self.memory.moments for l in layers):
             with self.clock.phase("stats", lm.device):
                 initial = self._initial_moments(lm)
-        moments = {l: self.moments.get(l) or initial[l] for l in layers}
+        moments = {l: self.memory.moments.get(l) or initial[l] for l in layers}
         parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {l: [] for l in layers}
         originals = save_layers(lm.model, layers)
         tokens = fed = 0
@@ -191,21 +217,10 @@ class UltraEdit:
         return prior_factors(keys, values, prior, self.ridge)
 
     def accept(self, patch: WeightPatch) -> None:
-        # each patch carries the whole moments after its turn: replace, never add
-        for layer in self.weight_layers:
-            prefix = f"moments.{layer}."
-            if f"{prefix}n" in patch.state_update:
-                self.moments[layer] = RunningMoments.from_tensors(patch.state_update, prefix)
+        self.memory.fold(patch)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for layer, m in sorted(self.moments.items()):
-            out.update(m.to_tensors(f"moments.{layer}."))
-        return out
+        return self.memory.to_tensors()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.moments = {}
-        for name in state:
-            if name.endswith(".n") and name.startswith("moments."):
-                layer = int(name.split(".")[1])
-                self.moments[layer] = RunningMoments.from_tensors(state, f"moments.{layer}.")
+        self.memory = MomentsMemory.from_tensors(state)
