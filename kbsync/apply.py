@@ -76,12 +76,13 @@ class ApplyResult:
     known: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)   # left for the next run (--max-edits)
 
     def to_dict(self) -> dict:
         return {"type": "summary", "run_id": self.run_id, "snapshot": self.snapshot,
                 "applied": len(self.applied), "known": len(self.known),
                 "skipped": len(self.skipped), "rejected": len(self.rejected),
-                "rejected_keys": self.rejected}
+                "deferred": len(self.deferred), "rejected_keys": self.rejected}
 
 
 class RunAbandoned(KbsyncError):
@@ -97,9 +98,11 @@ class RunAbandoned(KbsyncError):
 def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
           emit: Emit = lambda event: None, confirm: Callable[[Plan], bool] | None = None,
           command: str = "apply", refresh: bool = False,
-          stop: Callable[[], bool] | None = None, kept: KeptModel | None = None) -> ApplyResult:
+          stop: Callable[[], bool] | None = None, kept: KeptModel | None = None,
+          max_edits: int | None = None) -> ApplyResult:
     """`refresh`: also plan drift edits (kbsync.sync.refresh), probing the model the run
-    then edits. `stop`: polled before each batch; true ends the run (RunAbandoned).
+    then edits. `max_edits`: edit at most this many facts, in plan order; the rest stay
+    unapplied, so the next plan has them again (a big apply in slices). `stop`: polled before each batch; true ends the run (RunAbandoned).
     `kept`: a model kept from an earlier run in this process, used if it is HEAD's, and
     given the model this run leaves at its HEAD when it ends without an error."""
     with ProjectLock(project.kbsync_dir, timeout=lock_timeout, operation=command):
@@ -109,7 +112,7 @@ def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
             head = SnapshotStore(project.kbsync_dir).head()
             loaded = kept.take(project, head) if kept else None
             result, lm_editor = _plan_and_run(project, plan, ledger, emit, confirm, command,
-                                              refresh, stop, loaded)
+                                              refresh, stop, loaded, max_edits)
             if kept and lm_editor:
                 kept.keep(project, result.snapshot, *lm_editor)
             return result
@@ -117,7 +120,8 @@ def apply(project, plan: Plan | None = None, *, lock_timeout: float = 0,
             ledger.close()
 
 
-def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, loaded):
+def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, loaded,
+                  max_edits=None):
     """(result, the (lm, editor) now at result.snapshot, or None if none was loaded)."""
     from kbsync.facts.load import load_knowledge_base
     from kbsync.project import compute_plan
@@ -140,16 +144,17 @@ def _plan_and_run(project, plan, ledger, emit, confirm, command, refresh, stop, 
     if confirm is not None and not confirm(plan):
         raise KbsyncError("apply cancelled")
     scheduler = Scheduler(project, plan, desired, ledger, emit, command, stop=stop,
-                          loaded=loaded)
+                          loaded=loaded, max_edits=max_edits)
     return scheduler.run(), (scheduler.lm, scheduler.editor)
 
 
 class Scheduler:
     def __init__(self, project, plan: Plan, desired: KnowledgeBase, ledger: Ledger, emit: Emit,
                  command: str, *, stop: Callable[[], bool] | None = None,
-                 loaded: tuple | None = None):
+                 loaded: tuple | None = None, max_edits: int | None = None):
         """`desired`: the facts `plan` was checked against (check_plan), never re-read."""
         self.stop, self.loaded, self.work = stop or (lambda: False), loaded, []
+        self.max_edits = max_edits
 
         self.project, self.plan, self.ledger, self.emit = project, plan, ledger, emit
         self.cfg = project.config
@@ -189,10 +194,10 @@ class Scheduler:
             self.base_general = base_top1(self.lm.fingerprint, general_prompts(),
                                           lambda: top1(self._base_lm(), general_prompts()))
             self._base = None                        # measured (or cached): free its memory
-            work = self.work = self.classify()
+            work = self.work = self.defer(self.classify())
+            size = self.cfg.batch_size or self.editor.default_batch_size
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
-                       "skipped": len(self.result.skipped)})
-            size = self.cfg.batch_size
+                       "skipped": len(self.result.skipped), "batch_size": size})
             for start in range(0, len(work), size):
                 began = time.perf_counter()
                 self.commit_or_retry(work[start:start + size])
@@ -218,6 +223,18 @@ class Scheduler:
                              "nothing was committed", hint="`kbsync show " + self.run_id[:12]
                              + "` lists the figures")
         return self.result
+
+    def defer(self, work: list[Work]) -> list[Work]:
+        """The first `max_edits` edits; the others are recorded as deferred, left out of
+        the applied state, so the next plan has them again."""
+        if self.max_edits is None or len(work) <= self.max_edits:
+            return work
+        later = work[self.max_edits:]
+        self.result.deferred = [w.request.fact_key for w in later]
+        self.ledger.event(self.run_id, "edits_deferred", keys=self.result.deferred,
+                          max_edits=self.max_edits)
+        self.emit({"type": "deferred", "count": len(later), "max_edits": self.max_edits})
+        return work[:self.max_edits]
 
     def _abandon(self) -> None:
         """Record a stopped run: its edits not yet committed or rejected as interrupted,

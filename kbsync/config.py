@@ -67,7 +67,8 @@ class Config(BaseModel):
     editor: str = Field("alphaedit", description="`kbsync editors` lists the choices")
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="overrides of the editor's hyper-parameters")
-    batch_size: int = Field(10, ge=1, description="edits per batch")
+    batch_size: int | None = Field(None, ge=1, description="edits per batch; null: the "
+                                   "editor's own (`kbsync editors`: ultraedit 100, others 10)")
     # the trade-off, measured on the default model with AlphaEdit (issue 22): a weights
     # checkpoint is 17.7 MB (5 layers), its editor memory 94.5 MB, and folding one batch's
     # keys into that memory takes about 35 ms per layer, replaying its weights a few ms

@@ -211,7 +211,7 @@ def test_config_defaults_and_render_round_trip(tmp_path):
     path = tmp_path / "kbsync.yaml"
     path.write_text(render_config(config))
     assert load_config(path) == config
-    assert Config().gates.efficacy_min == 0.9 and Config().batch_size == 10
+    assert Config().gates.efficacy_min == 0.9 and Config().batch_size is None
 
 
 @pytest.mark.parametrize("text, line, message", [

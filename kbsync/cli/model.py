@@ -23,11 +23,13 @@ from kbsync.errors import EXIT_INTEGRITY, KbsyncError
               help="Seconds to wait for another kbsync holding the project lock.")
 @click.option("--refresh", is_flag=True,
               help="Also probe the model for every committed fact and edit back the drifted.")
+@click.option("--max-edits", type=click.IntRange(min=1), metavar="N",
+              help="Edit at most N facts this run (in plan order); the next apply does the rest.")
 @json_option
 @pass_env
 @handle_errors
 def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: float,
-          refresh: bool, as_json: bool) -> None:
+          refresh: bool, max_edits: int | None, as_json: bool) -> None:
     """Plan (or take PLANFILE), edit the model in gated batches, commit snapshots."""
     from kbsync.apply import apply as run_apply
     from kbsync.plan.plan import Plan
@@ -53,14 +55,16 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
         return click.confirm("Apply these changes to the model?", err=True)
 
     result = run_apply(project, plan, lock_timeout=lock_timeout, emit=event_printer(as_json),
-                       confirm=confirm, refresh=refresh)
+                       confirm=confirm, refresh=refresh, max_edits=max_edits)
     if not as_json:
         if result.run_id is None:
             click.echo("No changes.")
         else:
             click.echo(f"Apply complete: {len(result.applied)} edited, {len(result.known)} "
                        f"already known, {len(result.skipped)} skipped, "
-                       f"{len(result.rejected)} rejected.")
+                       f"{len(result.rejected)} rejected."
+                       + (f" {len(result.deferred)} left for the next run." if result.deferred
+                          else ""))
             for key in result.rejected:
                 click.echo(f"  rejected: {printable(key)}")
 

@@ -83,15 +83,41 @@ def capacity_warning(event: dict) -> str:
             f"in this run. To go on: {event['advice']}.")
 
 
+def batch_line(event: dict) -> str | None:
+    """The human line of a batch event (batch_start, gates, commit), or None."""
+    kind = event.get("type")
+    if kind == "batch_start":
+        retry = "" if event.get("attempt", 1) == 1 else \
+            f" (retry {event['attempt']} of batch {event['of']}: {event['strategy']})"
+        return f"batch {event['batch']}: editing {event['size']} fact(s){retry}..."
+    if kind == "gates":
+        failed = [c["metric"] for c in event["checks"] if not c["passed"]]
+        text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)
+        return f"batch {event['batch']}: {text}"
+    if kind == "commit":
+        return f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})"
+    if kind == "deferred":
+        return (f"{event['count']} edit(s) left for the next run (--max-edits "
+                f"{event['max_edits']}): run `kbsync apply` again")
+    return None
+
+
 def event_printer(as_json: bool):
-    """Events as JSON lines on stdout, or short human lines and a progress bar (over the
-    edits to make) on stderr. Under `kbsync --quiet` only rejections and recovered runs
-    are printed."""
+    """Events as JSON lines on stdout, or short human lines and one progress bar (over
+    the edits of the whole run, retries included, with its ETA) on stderr; the lines are
+    written above the bar, so it stays one bar. Under `kbsync --quiet` only rejections,
+    recovered runs and the capacity warning are printed."""
     from kbsync.output import progress_enabled
 
     bar = refresh_bar = None
     quiet = not progress_enabled()
     warned = False
+
+    def say(text: str) -> None:
+        if bar is not None:
+            bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
 
     def emit(event: dict) -> None:
         nonlocal bar, refresh_bar, warned
@@ -100,13 +126,12 @@ def event_printer(as_json: bool):
             return
         kind = event.get("type")
         if kind == "rejected":
-            click.echo(printable(f"rejected {event['key']}: gates failed "
-                                 f"({', '.join(event['failed'])})"), err=True)
+            say(printable(f"rejected {event['key']}: gates failed ({', '.join(event['failed'])})"))
         elif kind == "recovered":
-            click.echo(f"recorded interrupted run {event['run_id']}", err=True)
+            say(f"recorded interrupted run {event['run_id']}")
         elif kind == "capacity" and event["warn"] and not warned:
             warned = True               # once a run: it is in the ledger too
-            click.echo(capacity_warning(event), err=True)
+            say(capacity_warning(event))
         if quiet:
             return
         if kind == "progress" and event.get("phase") == "refresh":
@@ -114,28 +139,21 @@ def event_printer(as_json: bool):
                 refresh_bar = refresh_progress()
             refresh_bar(event["done"], event["total"])
         elif kind == "refresh":
-            click.echo(f"refresh: {event['probed']} committed fact(s) probed, "
-                       f"{event['drifted']} drifted", err=True)
+            say(f"refresh: {event['probed']} committed fact(s) probed, "
+                f"{event['drifted']} drifted")
         if kind == "edits" and event["total"]:
             from tqdm import tqdm
-            click.echo(f"{event['known']} already known, {event['skipped']} skipped, "
-                       f"{event['total']} to edit", err=True)
+            size = f" in batches of {event['batch_size']}" if event.get("batch_size") else ""
+            say(f"{event['known']} already known, {event['skipped']} skipped, "
+                f"{event['total']} to edit{size}")
             bar = tqdm(total=event["total"], desc="edits", unit="edit", file=sys.stderr,
                        disable=None, leave=False)
         elif kind in ("commit", "rejected") and bar is not None:
             bar.update(event.get("edits", 1))
         elif kind == "summary" and bar is not None:
             bar.close()
-        if kind == "batch_start":
-            retry = "" if event.get("attempt", 1) == 1 else \
-                f" (retry {event['attempt']} of batch {event['of']}: {event['strategy']})"
-            click.echo(f"batch {event['batch']}: editing {event['size']} fact(s){retry}...",
-                       err=True)
-        elif kind == "gates":
-            failed = [c["metric"] for c in event["checks"] if not c["passed"]]
-            text = "all gates passed" if not failed else "gates failed: " + ", ".join(failed)
-            click.echo(f"batch {event['batch']}: {text}", err=True)
-        elif kind == "commit":
-            click.echo(f"committed snapshot {event['snapshot'][:12]} (serial {event['serial']})",
-                       err=True)
+            bar = None
+        line = batch_line(event)
+        if line is not None:
+            say(line)
     return emit

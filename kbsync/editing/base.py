@@ -47,6 +47,7 @@ class Solution:
 class LocateThenEdit:
     name = "locate-then-edit"
     memory_class: type[EditorState] = NoMemory
+    default_batch_size = 10
 
     def __init__(self, hparams: HParams):
         self.hp = regularize.resolve(hparams)     # RECT/PRUNE defaults, if one is chosen

@@ -45,6 +45,7 @@ class Editor(Protocol):
     hp: Any                          # HParams: recorded in the ledger and manifests
     last_stats: dict                 # the last edit's figures (bench progress lines)
     clock: PhaseClock                # per-phase seconds (bench speed)
+    default_batch_size: int          # apply's batch when kbsync.yaml sets none
 
     @property
     def weight_layers(self) -> list[int]: ...    # layers whose weights patches change

@@ -23,6 +23,7 @@ from kbsync.errors import EditorError
 class SideEditor:
     name = "side"
     kind = "side"
+    default_batch_size = 10
 
     def __init__(self, hparams: HParams):
         if len(hparams.layers) != 1:
