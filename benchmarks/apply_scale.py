@@ -85,7 +85,9 @@ def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
 
     project = make_project(root, n, editor, batch)
     plan, plan_s = timed(lambda: compute_plan(project))
-    result, apply_s = timed(lambda: apply(project))
+    sizes = []          # the batch size apply used (kbsync.yaml's, else the editor's)
+    result, apply_s = timed(lambda: apply(project, emit=lambda e: sizes.append(
+        e["batch_size"]) if e.get("type") == "edits" else None))
     attempted = len(result.applied) + len(result.rejected)
     report, _ = timed(lambda: refresh(project))
     head = project.snapshots().head()
@@ -96,7 +98,7 @@ def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
     _, log_s = timed(lambda: log(project, limit=20))
     _, report_s = timed(lambda: build_report(project, root / "report"))
     committed = len(result.applied) + len(result.known)
-    return {"n": n, "editor": project.config.editor, "batch": project.config.batch_size,
+    return {"n": n, "editor": project.config.editor, "batch": sizes[0] if sizes else project.config.batch_size,
             "plan_s": plan_s, "apply_s": apply_s,
             "s_per_fact": apply_s / attempted if attempted else 0.0,
             "committed": len(result.applied), "known": len(result.known),

@@ -168,10 +168,15 @@ def test_quiet_hides_progress_lines_and_bars_but_not_rejections(level, capsys, m
 
 
 class _NoBar:
+    """A drawn-nowhere bar: lines written "above" it still reach the stream, as tqdm's do."""
+
     n = 0
 
     def update(self, n=1):
         self.n += n
+
+    def write(self, text, file=None):
+        print(text, file=file)
 
     def close(self):
         pass

@@ -25,7 +25,8 @@ def context_templates(lm, count: int, length: int, seed: int = 0) -> list[str]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(count):
-            enc = tok(SEEDS[i % len(SEEDS)], return_tensors="pt").to(lm.device)
+            enc = tok(SEEDS[i % len(SEEDS)], return_tensors="pt",
+                      return_token_type_ids=False).to(lm.device)
             out = model.generate(**enc, do_sample=True, top_k=5, max_new_tokens=length,
                                  pad_token_id=tok.pad_token_id)
             text = tok.decode(out[0], skip_special_tokens=True)

@@ -78,9 +78,12 @@ class _Replay(torch.nn.Module):
     """Stands in for a block whose output on the suffix cannot change: returns it as
     recorded (tuple or tensor, whatever the family's block returns)."""
 
-    def __init__(self, output):
+    def __init__(self, output, block: torch.nn.Module):
         super().__init__()
         self.output = output
+        # what a model's forward reads off its blocks besides calling them (transformers
+        # 4.5x's Qwen2 picks each block's mask by `attention_type`)
+        self.attention_type = getattr(block, "attention_type", None)
 
     def forward(self, *args, **kwargs):
         return self.output
@@ -146,7 +149,7 @@ class PrefixRunner:
         originals = [blocks[i] for i in low]
         try:
             for i in low:
-                blocks[i] = _Replay(self.recorded[i])
+                blocks[i] = _Replay(self.recorded[i], blocks[i])
             return self._forward()
         finally:
             for i, block in zip(low, originals):

@@ -118,7 +118,9 @@ def greedy(lm, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
     try:
         answers = []
         for s in range(0, len(prompts), CHUNK):
-            enc = tok(prompts[s:s + CHUNK], return_tensors="pt", padding=True).to(lm.device)
+            # no token_type_ids: causal LMs take none, and transformers < 4.57 refuses them
+            enc = tok(prompts[s:s + CHUNK], return_tensors="pt", padding=True,
+                      return_token_type_ids=False).to(lm.device)
             with torch.no_grad():
                 out = lm.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                         pad_token_id=tok.pad_token_id)
