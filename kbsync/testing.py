@@ -78,3 +78,18 @@ TINY_HPARAMS = dict(layers=[1, 2], steps=40, lr=0.5, clamp=4.0, kl_factor=0.0,
 # targets that are one token of the tiny vocabulary: a random model cannot steer the
 # tokens after the first
 TINY_TARGETS = ("American", "British", "football", "University", "played", "New")
+
+
+def edit_in_sequence(editor_name: str, lm: LoadedModel, batches: list, overrides=None):
+    """(editor, patches): each batch edited, applied to `lm` and accepted in turn, as
+    apply does with every gate passing."""
+    from kbsync.editing.registry import make_editor
+
+    editor = make_editor(editor_name, lm.model.config, {**TINY_HPARAMS, **(overrides or {})})
+    patches = []
+    for specs in batches:
+        patch = editor.edit(lm, specs)
+        patch.apply(lm.model)
+        editor.accept(patch)
+        patches.append(patch)
+    return editor, patches

@@ -11,7 +11,7 @@ from kbsync.editing.base import LocateThenEdit
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
 from kbsync.errors import EditorError
-from kbsync.testing import TINY_HPARAMS, tiny_model
+from kbsync.testing import TINY_HPARAMS, edit_in_sequence, tiny_model
 
 BATCHES = [[EditSpec("The river {subject}", "Danube", "American")],
            [EditSpec("{subject} plays", "Paul", "football"),
@@ -42,17 +42,10 @@ def folded():
     """{editor: (editor after two accepted batches, its patches)} on one tiny model."""
     lm = tiny_model("llama")
     out = {}
+    originals = {k: v.clone() for k, v in lm.model.state_dict().items()}
     for name in NAMES:
-        editor = make_editor(name, lm.model.config, TINY_HPARAMS)
-        originals = {k: v.clone() for k, v in lm.model.state_dict().items()}
-        patches = []
-        for specs in BATCHES:
-            patch = editor.edit(lm, specs)
-            patch.apply(lm.model)
-            editor.accept(patch)
-            patches.append(patch)
+        out[name] = edit_in_sequence(name, lm, BATCHES)
         lm.model.load_state_dict(originals)
-        out[name] = (editor, patches)
     return lm, out
 
 

@@ -19,7 +19,7 @@ from kbsync.lm.tokens import encode, render
 from kbsync.errors import EditorError
 from kbsync.lm import arch
 from kbsync.lm.score import target_nll
-from kbsync.testing import TINY_HPARAMS, tiny_model
+from kbsync.testing import TINY_HPARAMS, edit_in_sequence, tiny_model
 
 SPEC = EditSpec("The river {subject}", "Danube", "American", key="danube")
 NEXT = [EditSpec("The lake {subject}", "Geneva", "British"),
@@ -184,22 +184,11 @@ def test_restrain_maps_large_singular_values(reduce, f):
     assert regularize.restrain(small, 6.0)[0] is small        # below σ₀: untouched
 
 
-def _sequence(editor, lm, batches, overrides=None):
-    ed = make_editor(editor, lm.model.config, {**TINY_HPARAMS, **(overrides or {})})
-    patches = []
-    for specs in batches:
-        patch = ed.edit(lm, specs)
-        patch.apply(lm.model)
-        ed.accept(patch)
-        patches.append(patch)
-    return ed, patches
-
-
 @pytest.mark.parametrize("editor", ["memit+prune", "alphaedit+prune"])
 def test_prune_bounds_the_accumulated_delta(editor):
     lm = tiny_model("llama")
     base = {l: arch.weight_of(lm.model, l).detach().clone() for l in TINY_HPARAMS["layers"]}
-    ed, patches = _sequence(editor, lm, [[SPEC], NEXT[:1], NEXT[1:]])
+    ed, patches = edit_in_sequence(editor, lm, [[SPEC], NEXT[:1], NEXT[1:]])
     for layer, w0 in base.items():
         sigma0 = float(torch.linalg.matrix_norm(w0.double(), 2))
         assert float(ed.regularizer.prune_sigma0[layer]) == pytest.approx(sigma0, rel=1e-6)
@@ -217,7 +206,7 @@ def test_prune_bounds_the_accumulated_delta(editor):
 @pytest.mark.parametrize("editor", ["memit+prune", "alphaedit+prune"])
 def test_prune_state_round_trips(editor):
     lm = tiny_model("llama")
-    first, patches = _sequence(editor, lm, [[SPEC]])
+    first, patches = edit_in_sequence(editor, lm, [[SPEC]])
     assert any(k.startswith("prune.raw.") for k in first.state_dict())
     second = make_editor(editor, lm.model.config, TINY_HPARAMS)
     second.load_state_dict(first.state_dict())
