@@ -16,8 +16,10 @@ Adding an editor:
    `side.base.SideEditor` and writes `update` and its `SideMemory`;
 2. `hparams/<name>.yaml`: defaults, then per family and per model; a MEMIT-family
    editor says `base: front_end` and lists only what differs from hparams/front_end.yaml;
-3. one line in `registry.EDITORS` (name -> "module:Class", summary), which keeps
-   `kbsync plan` from importing torch;
+3. one entry in `registry.EDITORS`, the one registry (name -> `Method(target, summary,
+   memory=)`: its class or factory, its `kbsync editors` line and, for a side-memory
+   editor, its SideMemory class), which keeps `kbsync plan` from importing torch;
+   regularisers are `registry.REGULARIZERS` and act in every weight editor;
 4. its tests: an edit lands on the tiny models of every family, an unrelated prompt
    barely moves, state save/load and a rebuilt chain give identical next edits (its
    memory's names in tests/test_editor_state.py), and its

@@ -12,7 +12,6 @@ model (gates, ask, export, evaluation) sees the routed forward."""
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import ClassVar
 
 import torch
@@ -90,22 +89,16 @@ class SideMemory:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-# kind -> "module:Class", imported on first use: this module is the kinds' base, so it
-# names them rather than importing them (no import cycle; see tests/test_layers.py)
-KINDS: dict[str, str] = {
-    "grace": "kbsync.editing.side.grace:GraceMemory",
-    "wise": "kbsync.editing.side.wise:WiseMemory",
-    "case": "kbsync.editing.side.case:CaseMemory",
-}
-
-
 def memory_kinds() -> dict[str, type[SideMemory]]:
+    """Kind -> SideMemory class, as the editor registry names them (imported on first use:
+    this module is the kinds' base, so it cannot import them; tests/test_layers.py)."""
+    from kbsync.editing.registry import load_target, side_memory_targets
+
     kinds = {}
-    for kind, where in KINDS.items():
-        module, name = where.split(":")
-        cls = getattr(import_module(module), name)
+    for kind, where in side_memory_targets().items():
+        cls = load_target(where)
         if cls.kind != kind:
-            raise TypeError(f"{where} is kind {cls.kind!r}, but KINDS names it {kind!r}")
+            raise TypeError(f"{where} is kind {cls.kind!r}, but the registry names it {kind!r}")
         kinds[kind] = cls
     return kinds
 
