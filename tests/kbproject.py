@@ -187,11 +187,11 @@ class BrokenAlphaEdit(Broken, AlphaEdit):
 
 
 def register_broken(monkeypatch) -> None:
-    from kbsync.editing.registry import EDITORS
+    from kbsync.editing.registry import EDITORS, Method
 
     monkeypatch.setattr(Broken, "CALLS", [])
-    monkeypatch.setitem(EDITORS, "broken", ("kbproject:BrokenMEMIT", "test double"))
-    monkeypatch.setitem(EDITORS, "broken_alphaedit", ("kbproject:BrokenAlphaEdit", "test double"))
+    monkeypatch.setitem(EDITORS, "broken", Method("kbproject:BrokenMEMIT", "test double"))
+    monkeypatch.setitem(EDITORS, "broken_alphaedit", Method("kbproject:BrokenAlphaEdit", "test double"))
 
 
 # ------------------------------------------------------------------ project inspection
