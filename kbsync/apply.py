@@ -54,18 +54,10 @@ from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import Manifest, SnapshotStore
 from kbsync.store.state import read_applied_state, write_applied_state
+from kbsync.triage import Work, first_applied_edit, spec_for
 
 Emit = Callable[[dict], None]
 UNRELATED_SAMPLE = 20
-
-
-@dataclass
-class Work:
-    """One edit to make: the request, what to teach, and what the model said before."""
-    request: EditRequest
-    spec: EditSpec
-    fact: Fact | None            # the fact as it will be applied (None for a remove)
-    pre_answer: str | None = None
 
 
 @dataclass
@@ -258,14 +250,7 @@ class Scheduler:
 
     # -- what to do per request ----------------------------------------------------------
     def spec_for(self, fact: Fact, target: str) -> EditSpec:
-        if fact.prompt is not None:          # a question-form fact: its own prompt
-            template, subject = fact.prompt_template()
-            return EditSpec(template, subject, target, key=fact.key,
-                            paraphrases=tuple(fact.paraphrases))
-        relation = self.desired.relations.get(fact.relation) or self.applied.relations[fact.relation]
-        others = [t.format(subject=fact.subject) for t in relation.templates[1:]]
-        return EditSpec(relation.templates[0], fact.subject, target, key=fact.key,
-                        paraphrases=tuple(others + list(fact.paraphrases)))
+        return spec_for(fact, target, self.desired, self.applied)
 
     def classify(self) -> list[Work]:
         from kbsync.lm.score import first_phrase, probe_answers
@@ -273,7 +258,7 @@ class Scheduler:
         work: list[Work] = []
         for req in self.plan.requests:
             if req.op == "remove":
-                edit = _first_applied_edit(self.ledger, req.fact_key)
+                edit = first_applied_edit(self.ledger, req.fact_key)
                 old = self.applied.facts.get(req.fact_key)
                 if edit is None or not edit.get("pre_answer") or old is None:
                     self._record(req, "skipped", reason="not edited by kbsync: left as the "
@@ -482,11 +467,3 @@ class Scheduler:
                                 old_object=req.old_object, new_object=req.new_object,
                                 batch=batch, reason=reason or req.reason, metrics=metrics,
                                 pre_answer=pre_answer)
-
-
-def _first_applied_edit(ledger: Ledger, fact_key: str) -> dict | None:
-    """The earliest edit kbsync applied to this fact: its pre_answer is what the model said
-    before kbsync ever touched it."""
-    applied = [e for e in ledger.edits_for(fact_key) if e["status"] == "applied"]
-    return applied[0] if applied else None
-
