@@ -1,5 +1,5 @@
 """The product at scale (issue 22, item 7): an N-fact knowledge base from CounterFact-edit
-cases through plan, apply, refresh, ask, log and report, as a user runs them.
+cases (or zsRE questions, --dataset zsre) through plan, apply, refresh, ask, log and report, as a user runs them.
 
 For each N, a fresh project (the default model and, unless --editor says otherwise, the
 project default editor) gets one fact file of N question-form facts, CounterFact's
@@ -28,13 +28,13 @@ import json
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data" / "counterfact-edit.json"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def counterfact_facts(n: int, offset: int = 0) -> list[dict]:
-    """N question-form facts from CounterFact-edit: the counterfactual target is the object."""
+    """N prompt facts from CounterFact-edit: the counterfactual target is the object."""
     facts = []
-    for rec in json.loads(DATA.read_text())[offset:]:
+    for rec in json.loads((DATA / "counterfact-edit.json").read_text())[offset:]:
         if rec["subject"] not in rec["prompt"]:
             continue
         facts.append({"id": f"cf-{rec['case_id']}", "prompt": rec["prompt"],
@@ -45,8 +45,34 @@ def counterfact_facts(n: int, offset: int = 0) -> list[dict]:
     return facts
 
 
-def make_project(root: Path, n: int, editor: str | None, batch: int | None):
-    """A project holding n CounterFact facts (reused if root already holds one)."""
+def zsre_facts(n: int, offset: int = 0) -> list[dict]:
+    """N question-form facts from zsRE (issue 21, item 4): "Question: <src> Answer:" with
+    zsRE's edit target (`alt`) as the object, the rephrased question as paraphrase, the
+    subject span when the question spells it, and zsRE's NQ question as the fact's own
+    locality probe."""
+    def question(text: str) -> str:
+        return f"Question: {text.rstrip()} Answer:"
+
+    facts = []
+    for i, rec in enumerate(json.loads((DATA / "zsre-1037.json").read_text())[offset:], offset):
+        fact = {"id": f"zsre-{i}", "prompt": question(rec["src"]), "object": rec["alt"],
+                "paraphrases": [question(rec["rephrase"])],
+                "locality": [{"prompt": question(rec["loc"].removeprefix("nq question: ")
+                                                 + "?"), "answer": rec["loc_ans"]}]}
+        if rec["subject"] in rec["src"]:
+            fact["subject"] = rec["subject"]
+        facts.append(fact)
+        if len(facts) == n:
+            break
+    return facts
+
+
+DATASETS = {"counterfact": counterfact_facts, "zsre": zsre_facts}
+
+
+def make_project(root: Path, n: int, editor: str | None, batch: int | None,
+                 dataset: str = "counterfact"):
+    """A project holding n facts of `dataset` (reused if root already holds one)."""
     import yaml
 
     from kbsync.config import Config, render_config
@@ -57,8 +83,8 @@ def make_project(root: Path, n: int, editor: str | None, batch: int | None):
     project = init_project(root, editor=editor or "alphaedit")
     for old in project.facts_dir.iterdir():
         old.unlink()
-    (project.facts_dir / "counterfact.yaml").write_text(
-        yaml.safe_dump({"version": 1, "facts": counterfact_facts(n)}, allow_unicode=True,
+    (project.facts_dir / f"{dataset}.yaml").write_text(
+        yaml.safe_dump({"version": 1, "facts": DATASETS[dataset](n)}, allow_unicode=True,
                        sort_keys=False), encoding="utf-8")
     config = Config(editor=editor or "alphaedit", **({"batch_size": batch} if batch else {}))
     project.config_path.write_text(render_config(config), encoding="utf-8")
@@ -75,7 +101,8 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
+def run(root: Path, n: int, editor: str | None, batch: int | None,
+        dataset: str = "counterfact") -> dict:
     from kbsync.apply import apply
     from kbsync.editing.rebuild import load_at
     from kbsync.history import ask, log
@@ -83,7 +110,7 @@ def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
     from kbsync.report import build_report
     from kbsync.sync.refresh import refresh
 
-    project = make_project(root, n, editor, batch)
+    project = make_project(root, n, editor, batch, dataset)
     plan, plan_s = timed(lambda: compute_plan(project))
     sizes = []          # the batch size apply used (kbsync.yaml's, else the editor's)
     result, apply_s = timed(lambda: apply(project, emit=lambda e: sizes.append(
@@ -98,7 +125,7 @@ def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
     _, log_s = timed(lambda: log(project, limit=20))
     _, report_s = timed(lambda: build_report(project, root / "report"))
     committed = len(result.applied) + len(result.known)
-    return {"n": n, "editor": project.config.editor, "batch": sizes[0] if sizes else project.config.batch_size,
+    return {"dataset": dataset, "n": n, "editor": project.config.editor, "batch": sizes[0] if sizes else project.config.batch_size,
             "plan_s": plan_s, "apply_s": apply_s,
             "s_per_fact": apply_s / attempted if attempted else 0.0,
             "committed": len(result.applied), "known": len(result.known),
@@ -108,7 +135,7 @@ def run(root: Path, n: int, editor: str | None, batch: int | None) -> dict:
             "log_s": log_s, "report_s": report_s}
 
 
-COLUMNS = ["n", "editor", "batch", "plan_s", "s_per_fact", "committed", "known", "rejected",
+COLUMNS = ["dataset", "n", "editor", "batch", "plan_s", "s_per_fact", "committed", "known", "rejected",
            "drifted", "bytes_per_fact", "head_load_s", "base_load_s", "ask_s", "log_s",
            "report_s"]
 
@@ -122,16 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, action="append", help="facts (repeatable)")
     parser.add_argument("--editor", help="default: the project default (kbsync init's)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="counterfact")
     parser.add_argument("--batch", type=int, help="edits per batch (default: kbsync.yaml's)")
     parser.add_argument("--workdir", type=Path, default=Path("apply-scale"),
-                        help="projects go to WORKDIR/n<N>; an existing one is resumed")
+                        help="projects go to WORKDIR/n<N> (zsre: WORKDIR/zsre-n<N>); an "
+                             "existing one is resumed")
     parser.add_argument("--json", action="store_true", help="one JSON line per N")
     args = parser.parse_args(argv)
     if not args.json:
         print("| " + " | ".join(COLUMNS) + " |")
         print("|" + "---|" * len(COLUMNS))
     for n in args.n or [1000]:
-        row = run(args.workdir / f"n{n}", n, args.editor, args.batch)
+        name = f"n{n}" if args.dataset == "counterfact" else f"{args.dataset}-n{n}"
+        row = run(args.workdir / name, n, args.editor, args.batch, args.dataset)
         print(json.dumps(row) if args.json else table_row(row), flush=True)
     return 0
 

@@ -183,8 +183,10 @@ class Scheduler:
             self.reference = reference_text(GATE_PASSAGES)
             self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
                                             lambda: perplexity(self._base_lm(), self.reference))
-            self.base_general = base_top1(self.lm.fingerprint, general_prompts(),
-                                          lambda: top1(self._base_lm(), general_prompts()))
+            margin = self.cfg.gates.general_knowledge_margin
+            self.base_general = base_top1(
+                self.lm.fingerprint, general_prompts(),
+                lambda: top1(self._base_lm(), general_prompts(), margin), margin)
             self._base = None                        # measured (or cached): free its memory
             work = self.work = self.defer(self.classify())
             size = self.cfg.batch_size or self.editor.default_batch_size

@@ -42,7 +42,10 @@ class Gates(BaseModel):
                                  description="max relative perplexity rise on the reference text")
     general_knowledge_min: float = Field(
         0.9, ge=0, le=1, description="share of shipped general-knowledge prompts whose answer "
-        "is still the base model's")
+        "is still the base model's (of those it answers with confidence)")
+    general_knowledge_margin: float = Field(
+        1.0, ge=0, description="nats by which the base model's answer to a general-knowledge "
+        "prompt must lead its runner-up for the prompt to count")
 
 
 class Retry(BaseModel):

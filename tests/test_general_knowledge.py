@@ -9,7 +9,8 @@ import torch
 from kbsync.editing.registry import make_editor
 from kbsync.editing.request import EditSpec
 from kbsync.evaluate.gates import general_knowledge
-from kbsync.evaluate.general import base_top1, top1
+from kbsync.evaluate.general import UNSURE, base_top1, top1
+from kbsync.lm.score import next_token_logprobs
 from kbsync.evaluate.probes import GENERAL_FACTS, general_prompts
 from kbsync.testing import TINY_HPARAMS, TINY_TARGETS, tiny_model
 
@@ -44,6 +45,29 @@ def test_a_patch_that_damages_one_general_fact_fails_the_gate():
     assert check.value == float((now == base).float().mean()) < 1.0
     assert general_knowledge(lm, prompts, base, 0.0).passed     # the threshold decides
 
+    # an answer the base model was unsure of does not count: the same damage passes
+    unsure = base.clone()
+    unsure[at] = UNSURE
+    flipped = (now != base) & (unsure != UNSURE)
+    check = general_knowledge(lm, prompts, unsure, 1.0)
+    assert check.passed == (not bool(flipped.any()))
+    assert check.value == float((now == unsure)[unsure != UNSURE].float().mean())
+
+
+def test_only_answers_leading_by_the_margin_are_kept():
+    lm = tiny_model("llama")
+    prompts = general_prompts()
+    best = next_token_logprobs(lm, prompts).topk(2, dim=-1)
+    lead = best.values[:, 0] - best.values[:, 1]
+    assert torch.equal(top1(lm, prompts), best.indices[:, 0])   # margin 0: every prompt
+    cut = float(lead.median())
+    sure = top1(lm, prompts, cut)
+    assert torch.equal(sure != UNSURE, lead >= cut) and 0 < int((sure == UNSURE).sum()) < len(prompts)
+    assert torch.equal(sure[sure != UNSURE], best.indices[lead >= cut, 0])
+    assert bool((top1(lm, prompts, float("inf")) == UNSURE).all())
+    # nothing counted: nothing to lose
+    assert general_knowledge(lm, prompts, top1(lm, prompts, float("inf")), 1.0).value == 1.0
+
 
 def test_the_base_answers_are_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KBSYNC_CACHE", str(tmp_path))
@@ -58,3 +82,5 @@ def test_the_base_answers_are_measured_once_and_cached(tmp_path, monkeypatch):
     assert calls == [1] and torch.equal(first, again) and again.dtype == torch.long
     base_top1("fp", ["a", "b"], compute)                         # another prompt set: a miss
     assert calls == [1, 1]
+    base_top1("fp", ["a", "b", "c"], compute, min_margin=1.0)   # another margin: a miss
+    assert calls == [1, 1, 1]

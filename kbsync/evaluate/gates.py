@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kbsync.evaluate.general import UNSURE
 from kbsync.lm.score import kl_per_row, next_token_logprobs, perplexity, target_nll
 
 
@@ -118,7 +119,9 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
 
 
 def general_knowledge(lm, prompts: list[str], base: torch.Tensor, threshold: float) -> GateCheck:
-    """Share of `prompts` whose top-1 next token is still the base model's (`base`)."""
-    same = (next_token_logprobs(lm, prompts).argmax(-1) == base).float()
-    share = float(same.mean()) if len(same) else 1.0
+    """Share of `prompts` whose top-1 next token is still the base model's (`base`, from
+    general.base_top1), counting only those the base model answers with confidence."""
+    counted = base != UNSURE
+    same = next_token_logprobs(lm, prompts).argmax(-1)[counted] == base[counted]
+    share = float(same.float().mean()) if len(same) else 1.0
     return GateCheck("general_knowledge", share, threshold, share >= threshold)
