@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kbsync.editing.rebuild import KeptModel, consolidate, load_at
+from kbsync.editing.patch import stored_precision
 from kbsync.editing.request import EditSpec
 from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.capacity import capacity
-from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference, per_edit_passed
+from kbsync.evaluate.gates import GateCheck, Probes, check, parent_reference
 from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
 from kbsync.evaluate.general import base_top1, top1
 from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
@@ -378,24 +379,24 @@ class Scheduler:
     def _edit_and_check(self, editor, batch: list[Work], probes: Probes, parent: dict,
                         number: int) -> tuple:
         """(patch, checks, own): the patch left applied only if every gate passed; `own`
-        scored (per_edit_passed) only when a gate failed on finite weights."""
+        (fact key -> passed its own check) only when a gate failed on finite weights."""
         self.editor_calls += 1
         try:
-            patch = editor.edit(self.lm, [w.spec for w in batch])
+            patch = stored_precision(editor.edit(self.lm, [w.spec for w in batch]),
+                                     self.cfg.patch_precision)
         except EditorError as exc:
             self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
             return None, [GateCheck("finite", 0.0, 1.0, False)], None
         saved = patch.checkpoint(self.lm.model)
         patch.apply(self.lm.model)
-        checks = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl, self.reference,
-                       patch.checked_tensors(self.lm.model), base_general=self.base_general)
-        own = None
-        if not all(c.passed for c in checks):
-            if checks[0].passed:      # finite: the per-edit scores mean something
-                flags = per_edit_passed(self.lm, probes, self.cfg.gates)
-                own = {w.request.fact_key: ok for w, ok in zip(batch, flags)}
-            patch.restore(self.lm.model, saved)
-        return patch, checks, own
+        verdict = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl, self.reference,
+                        patch.checked_tensors(self.lm.model), base_general=self.base_general)
+        if verdict.passed:
+            return patch, verdict.checks, None
+        patch.restore(self.lm.model, saved)
+        own = None if verdict.own is None else {
+            w.request.fact_key: ok for w, ok in zip(batch, verdict.own)}
+        return patch, verdict.checks, own
 
     def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
         failed = [c.metric for c in checks if not c.passed]

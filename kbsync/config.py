@@ -8,7 +8,7 @@ Errors point at file:line like fact-file errors (same YAML reader).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -72,6 +72,9 @@ class Config(BaseModel):
                                     description="overrides of the editor's hyper-parameters")
     batch_size: int | None = Field(None, ge=1, description="edits per batch; null: the "
                                    "editor's own (`kbsync editors`: ultraedit 100, others 10)")
+    patch_precision: Literal["float16", "float32"] = Field(
+        "float16", description="how weight deltas are stored: float16 x a float32 scale per "
+        "rank-one component (half the bytes), or float32 exactly as the editor made them")
     # the trade-off, measured on the default model with AlphaEdit (issue 22): a weights
     # checkpoint is 17.7 MB (5 layers), its editor memory 94.5 MB, and folding one batch's
     # keys into that memory takes about 35 ms per layer, replaying its weights a few ms

@@ -167,9 +167,7 @@ def _put_editor(snapshots, editor, parent_id, patch_id, known) -> str:
     tail = [] if parent_id is None else _resume(
         snapshots, parent_id, "editor_checkpoint", known,
         lambda sha: restore_editor(snapshots.objects, sha, editor), True)
-    shas = [m.patch for m in tail if m.patch is not None and m.editor == editor.name]
-    for sha in shas + [patch_id]:
-        editor.accept(load_patch(snapshots.objects.get_tensors(sha)))
+    fold_patches(snapshots.objects, editor, own_patches(tail, editor) + [patch_id])
     return snapshots.objects.put_tensors(editor.state_dict(), {
         "format": EDITOR_CHECKPOINT_FORMAT, "editor": editor.name,
         "hparams": _hparams_key(editor)})
@@ -228,9 +226,20 @@ def fold_editor_state(project, snapshot_id: str | None, editor) -> None:
     """Give `editor` the memory it has at a snapshot: `accept` of every patch along the
     chain that an editor of its name made (a fallback editor's, made beside the main one)."""
     snapshots = project.snapshots()
-    for manifest in snapshots.chain(snapshot_id) if snapshot_id else []:
-        if manifest.patch is not None and manifest.editor == editor.name:
-            editor.accept(load_patch(snapshots.objects.get_tensors(manifest.patch)))
+    chain = snapshots.chain(snapshot_id) if snapshot_id else []
+    fold_patches(snapshots.objects, editor, own_patches(chain, editor))
+
+
+def own_patches(manifests, editor) -> list[str]:
+    """The patches of `manifests` (oldest first) that an editor of `editor`'s name made."""
+    return [m.patch for m in manifests if m.patch is not None and m.editor == editor.name]
+
+
+def fold_patches(objects, editor, shas: list[str]) -> None:
+    """`accept` each stored patch, in order: how editor memory is rebuilt everywhere but
+    in `replay`, which folds each patch it also applies."""
+    for sha in shas:
+        editor.accept(load_patch(objects.get_tensors(sha)))
 
 
 class KeptModel:

@@ -13,8 +13,9 @@ is committed. Every gate is a (metric, value, threshold, passed) row for the led
                   by batch, which `locality` (against the parent) cannot see
   finite          every edited weight is finite
 
-`per_edit_passed` scores each edit on its own (its efficacy and its paraphrases): when a
-batch fails, the scheduler drops the edits that fail their own check and retries the rest.
+`check` also scores each edit on its own (`own_passed`: its efficacy and its paraphrases,
+from the same forward passes): when a batch fails, the scheduler drops the edits that fail
+their own check and retries the rest.
 """
 
 from __future__ import annotations
@@ -66,16 +67,28 @@ def parent_reference(lm, probes: Probes) -> dict:
             "retention": answered(lm, probes.retention_prompts, probes.retention_targets)}
 
 
-def per_edit_passed(lm, probes: Probes, gates) -> list[bool]:
+@dataclass
+class Verdict:
+    """The gates' rows, and per edit whether it passed its own check (`own_passed`), for
+    the scheduler to drop what fails; `own` is None when the weights are not finite (no
+    score means anything then)."""
+    checks: list[GateCheck]
+    own: list[bool] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def own_passed(eff: torch.Tensor, para: torch.Tensor, para_owner: list[int],
+               generalization_min: float) -> list[bool]:
     """Per edit: its own prompt answered and its own paraphrases answered at least at
-    gates.generalization_min (what more optimisation of that edit alone can fix)."""
-    eff = answered(lm, probes.edit_prompts, probes.edit_targets).tolist()
-    para = answered(lm, probes.para_prompts, probes.para_targets).tolist()
+    generalization_min (what more optimisation of that edit alone can fix)."""
     owned: dict[int, list[bool]] = {}
-    for owner, hit in zip(probes.para_owner, para):
+    for owner, hit in zip(para_owner, para.tolist()):
         owned.setdefault(owner, []).append(bool(hit))
-    return [bool(hit) and _mean(owned.get(i, [])) >= gates.generalization_min
-            for i, hit in enumerate(eff)]
+    return [bool(hit) and _mean(owned.get(i, [])) >= generalization_min
+            for i, hit in enumerate(eff.tolist())]
 
 
 def _mean(flags: list[bool]) -> float:
@@ -84,7 +97,7 @@ def _mean(flags: list[bool]) -> float:
 
 def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: list[str],
           edited_weights: list[torch.Tensor], *,
-          base_general: torch.Tensor | None = None) -> list[GateCheck]:
+          base_general: torch.Tensor | None = None) -> Verdict:
     """`base_general`: the base model's top-1 token on probes.general_prompts
     (general.base_top1); without it the general_knowledge gate is not run."""
     def share(flags: torch.Tensor) -> float:
@@ -93,9 +106,11 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
     finite = all(bool(torch.isfinite(w).all()) for w in edited_weights)
     checks = [GateCheck("finite", float(finite), 1.0, finite)]
     if not finite:
-        return checks
-    eff = share(answered(lm, probes.edit_prompts, probes.edit_targets))
-    gen = share(answered(lm, probes.para_prompts, probes.para_targets))
+        return Verdict(checks)
+    hits = answered(lm, probes.edit_prompts, probes.edit_targets)
+    para_hits = answered(lm, probes.para_prompts, probes.para_targets)
+    own = own_passed(hits, para_hits, probes.para_owner, gates.generalization_min)
+    eff, gen = share(hits), share(para_hits)
     checks += [GateCheck("efficacy", eff, gates.efficacy_min, eff >= gates.efficacy_min),
                GateCheck("generalization", gen, gates.generalization_min,
                          gen >= gates.generalization_min)]
@@ -115,7 +130,7 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
     if base_general is not None and probes.general_prompts:
         checks.append(general_knowledge(lm, probes.general_prompts, base_general,
                                         gates.general_knowledge_min))
-    return checks
+    return Verdict(checks, own)
 
 
 def general_knowledge(lm, prompts: list[str], base: torch.Tensor, threshold: float) -> GateCheck:
