@@ -283,7 +283,7 @@ def test_fault_matrix_every_write_point_of_apply_rollback_and_gc(tmp_path, tiny_
                                                                  monkeypatch, capsys):
     """Two facts, one per batch: two commit points per apply."""
     import kbsync.apply
-    from kbsync.evaluate.gates import GateCheck
+    from kbsync.evaluate.gates import GateCheck, Verdict
 
     started = time.monotonic()
     # fsync guards against power loss, which this does not simulate; the gates are not
@@ -291,7 +291,7 @@ def test_fault_matrix_every_write_point_of_apply_rollback_and_gc(tmp_path, tiny_
     monkeypatch.setattr(os, "fsync", lambda fd: None)
     monkeypatch.setattr(kbsync.apply, "parent_reference", lambda lm, probes: {})
     monkeypatch.setattr(kbsync.apply, "check",
-                        lambda *args, **kwargs: [GateCheck("finite", 1.0, 1.0, True)])
+                        lambda *args, **kwargs: Verdict([GateCheck("finite", 1.0, 1.0, True)]))
     project = make_project(tmp_path / "base", tiny_llama_dir, batch_size=1, gates=OPEN_GATES,
                            facts=dict(zip(SUBJECTS, ("British", "American"))))
     apply(project)
