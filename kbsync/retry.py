@@ -11,7 +11,7 @@ commit_or_retry): one `Attempt` per edit-and-gate, and the editors a retry may u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kbsync.editing.hparams import more_effort
 from kbsync.editing.rebuild import fold_editor_state
@@ -29,6 +29,10 @@ class Attempt:
     passed: bool
     own: dict[str, bool] | None = None   # fact key -> passed its own check; None: unknown
                                          # (editor error, non-finite weights: no one to blame)
+    lost: list[str] = field(default_factory=list)   # earlier facts the candidate lost
+
+    def failed_only(self, metric: str) -> bool:
+        return [c.metric for c in self.checks if not c.passed] == [metric]
 
     def own_failed(self, key: str) -> bool:
         return self.own is not None and not self.own.get(key, True)

@@ -52,6 +52,7 @@ class Probes:
     retention_targets: list[str]
     para_owner: list[int] = field(default_factory=list)   # index of each paraphrase's edit
     general_prompts: list[str] = field(default_factory=list)   # checked against the base
+    retention_keys: list[str] = field(default_factory=list)    # the fact of each retention probe
 
 
 def answered(lm, prompts: list[str], targets: list[str]) -> torch.Tensor:
@@ -74,6 +75,7 @@ class Verdict:
     score means anything then)."""
     checks: list[GateCheck]
     own: list[bool] | None = None
+    lost: list[str] = field(default_factory=list)   # retention_keys the candidate lost
 
     @property
     def passed(self) -> bool:
@@ -120,17 +122,19 @@ def check(lm, probes: Probes, parent: dict, gates, base_ppl: float, reference: l
         kl = float(kl_per_row(parent["locality"], now).mean())
         checks += [GateCheck("locality", same, gates.locality_min, same >= gates.locality_min),
                    GateCheck("locality_kl", kl, gates.kl_max, kl <= gates.kl_max)]
-    known_before = parent["retention"]
+    known_before, lost = parent["retention"], []
     if known_before.any():
-        kept = answered(lm, probes.retention_prompts, probes.retention_targets)[known_before]
-        ret = share(kept)
+        now = answered(lm, probes.retention_prompts, probes.retention_targets)
+        ret = share(now[known_before])
         checks.append(GateCheck("retention", ret, gates.retention_min, ret >= gates.retention_min))
+        lost = [key for key, was, still in zip(probes.retention_keys, known_before.tolist(),
+                                                 now.tolist()) if was and not still]
     drift = perplexity(lm, reference) / base_ppl - 1.0
     checks.append(GateCheck("ppl_drift", drift, gates.ppl_drift_max, drift <= gates.ppl_drift_max))
     if base_general is not None and probes.general_prompts:
         checks.append(general_knowledge(lm, probes.general_prompts, base_general,
                                         gates.general_knowledge_min))
-    return Verdict(checks, own)
+    return Verdict(checks, own, lost)
 
 
 def general_knowledge(lm, prompts: list[str], base: torch.Tensor, threshold: float) -> GateCheck:

@@ -68,6 +68,14 @@ class EditRequest(BaseModel):
         return self
 
 
+def drift_request(key: str, fact: Fact, observed: str | None = None) -> EditRequest:
+    """Teach `fact` again as it stands (old object == new object, reason "drift"): a
+    committed fact the model no longer answers."""
+    return EditRequest(op="update", fact_key=key, subject=fact.subject, relation=fact.relation,
+                       old_object=fact.object, new_object=fact.object, reason="drift",
+                       fact=fact, observed=observed, prompt=fact.prompt)
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 

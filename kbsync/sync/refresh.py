@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kbsync.facts.schema import KnowledgeBase
-from kbsync.plan.plan import EditRequest
+from kbsync.plan.plan import EditRequest, drift_request
 
 __all__ = ["PROBE_BATCH", "Drifted", "RefreshReport", "committed_keys", "find_drift",
            "refresh", "drift_requests"]
@@ -106,11 +106,4 @@ def refresh(project, *, desired: KnowledgeBase | None = None, state=None, lm=Non
 
 def drift_requests(report: RefreshReport, desired: KnowledgeBase) -> list[EditRequest]:
     """One update (old object == new object, reason "drift") per drifted fact."""
-    requests = []
-    for d in report.drifted:
-        fact = desired.facts[d.key]
-        requests.append(EditRequest(op="update", fact_key=d.key, subject=fact.subject,
-                                    relation=fact.relation, old_object=fact.object,
-                                    new_object=fact.object, reason="drift", fact=fact,
-                                    observed=d.answer, prompt=fact.prompt))
-    return requests
+    return [drift_request(d.key, desired.facts[d.key], d.answer) for d in report.drifted]
