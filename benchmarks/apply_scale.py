@@ -9,7 +9,8 @@ as a paraphrase; benchmarks/data/SOURCES.md), then
 * plan s: `compute_plan` (every fact an add);
 * apply: `kbsync apply --auto-approve` through the library; s/fact = apply wall time over
   the facts attempted (known facts need no edit and are not attempted);
-* committed / known / rejected, then `refresh`: drifted = committed facts HEAD no longer
+* committed / known / rejected / repaired (earlier facts a batch lost and taught back,
+  retry.repair), then `refresh`: drifted = committed facts HEAD no longer
   answers;
 * bytes/fact: every file under .kbsync/ over the facts committed;
 * HEAD load s against base load s: `load_at(HEAD)` (the chain replayed) and the base model;
@@ -129,14 +130,15 @@ def run(root: Path, n: int, editor: str | None, batch: int | None,
             "plan_s": plan_s, "apply_s": apply_s,
             "s_per_fact": apply_s / attempted if attempted else 0.0,
             "committed": len(result.applied), "known": len(result.known),
-            "rejected": len(result.rejected), "drifted": len(report.drifted),
+            "rejected": len(result.rejected), "repaired": len(result.repaired),
+            "drifted": len(report.drifted),
             "bytes_per_fact": folder_bytes(project.kbsync_dir) / max(committed, 1),
             "head_load_s": head_load_s, "base_load_s": base_load_s, "ask_s": ask_s,
             "log_s": log_s, "report_s": report_s}
 
 
-COLUMNS = ["dataset", "n", "editor", "batch", "plan_s", "s_per_fact", "committed", "known", "rejected",
-           "drifted", "bytes_per_fact", "head_load_s", "base_load_s", "ask_s", "log_s",
+COLUMNS = ["dataset", "n", "editor", "batch", "plan_s", "s_per_fact", "committed", "known",
+           "rejected", "repaired", "drifted", "bytes_per_fact", "head_load_s", "base_load_s", "ask_s", "log_s",
            "report_s"]
 
 

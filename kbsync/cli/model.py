@@ -63,6 +63,8 @@ def apply(env: Env, planfile: str | None, auto_approve: bool, lock_timeout: floa
             click.echo(f"Apply complete: {len(result.applied)} edited, {len(result.known)} "
                        f"already known, {len(result.skipped)} skipped, "
                        f"{len(result.rejected)} rejected."
+                       + (f" {len(result.repaired)} earlier facts taught back." if result.repaired
+                          else "")
                        + (f" {len(result.deferred)} left for the next run." if result.deferred
                           else ""))
             for key in result.rejected:
