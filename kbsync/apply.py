@@ -8,10 +8,11 @@
     -> ledger rows for every edit, gate, attempt and snapshot
 
 A failing batch costs a bounded number of editor calls, not a bisection tree
-(`commit_or_retry`): a batch that failed retention alone is edited once more with the
-earlier facts it made the model lose taught back (`retry.repair`); otherwise the edits that fail their own check (efficacy, paraphrases) are
-dropped and the rest edited once more as a batch (then one at a time, if the batch still
-fails a gate no single edit owns); each dropped edit is retried alone with more effort
+(`commit_or_retry`): an attempt (batch or lone edit) that failed retention alone is made
+once more with the earlier facts it made the model lose taught back (`retry.repair`);
+otherwise the edits that fail their own check (efficacy, paraphrases) are dropped and
+the rest edited once more as a batch (then one at a time, if the batch still fails a gate
+no single edit owns); each dropped edit is retried alone with more effort
 (`retry.effort` x the optimisation steps), then with `retry.fallback_editor` if one is
 named, and only then rejected. Every attempt is its own batch number in the ledger, with a
 `batch_retry` event saying which batch it retries and why.
@@ -289,48 +290,53 @@ class Scheduler:
                       retention_keys=retained)
 
     def commit_or_retry(self, batch: list[Work]) -> None:
-        """Commit what of `batch` passes, at a bounded cost: at most 3 + 3 * len(batch)
-        editor calls, where the bisection this replaces edited the whole batch again at
-        every level of its tree (issue 22)."""
+        """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 2 * len(batch))
+        editor calls (each attempt may be repaired once), where the bisection this replaces
+        edited the whole batch again at every level of its tree (issue 22)."""
         if self.stop():               # a batch boundary: nothing of this batch is done yet
             raise RunAbandoned(self.run_id)
-        first = self.attempt(batch, "batch")
-        if first.passed or self._repair(batch, first):
+        first = self.attempt_repaired(batch, "batch")
+        if first.passed:
             return
         if len(batch) == 1:
             self._retry_alone(batch[0], first)
             return
         dropped = [w for w in batch if first.own_failed(w.request.fact_key)]
         rest = [w for w in batch if w not in dropped]
-        if dropped and rest and self.attempt(rest, "without_failing", of=first).passed:
+        if dropped and rest and self.attempt_repaired(rest, "without_failing", of=first).passed:
             rest = []
         for w in rest:     # the batch failed a gate no single edit owns: one at a time
-            alone = self.attempt([w], "one_by_one", of=first)
+            alone = self.attempt_repaired([w], "one_by_one", of=first)
             if not alone.passed:
                 self._retry_alone(w, alone)
         for w in dropped:
             self._retry_alone(w, first)
 
-    def _repair(self, batch: list[Work], failed: Attempt) -> bool:
-        """A batch that failed retention alone, edited once more with the earlier facts it
-        lost taught back (drift edits, as `refresh` plans them): in a small knowledge base
-        one lost fact is already below the gate (1 of 30 is 0.967 < 0.98), and rejecting
-        the batch for it costs a fact that the lost one could have kept."""
-        if not (self.cfg.retry.repair and failed.lost and failed.failed_only("retention")):
-            return False
-        repairs = [repair_work(key, self._next_applied()) for key in failed.lost]
-        return self.attempt(batch + repairs, "with_repair", of=failed).passed
+    def attempt_repaired(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
+                         editor=None) -> Attempt:
+        """`attempt`, and if that fails retention alone, once more with the earlier facts
+        it lost taught back (drift edits, as `refresh` plans them): in a small knowledge
+        base one lost fact is already below the gate (1 of 30 is 0.967 < 0.98), and
+        rejecting an edit for it costs a fact that the lost one could have kept. Tried at
+        every stage of the retry (a lone edit loses earlier facts too), never twice in a row."""
+        tried = self.attempt(batch, strategy, of=of, editor=editor)
+        if tried.passed or not (self.cfg.retry.repair and tried.lost
+                                and tried.failed_only("retention")):
+            return tried
+        repairs = [repair_work(key, self._next_applied()) for key in tried.lost]
+        return self.attempt(batch + repairs, "with_repair", of=tried, editor=editor)
 
     def _retry_alone(self, w: Work, last: Attempt) -> None:
         """An edit that failed: with more effort if it failed its own check (more steps
         cannot fix a batch's drift), then with the fallback editor; only then rejected."""
         if last.own_failed(w.request.fact_key) and self.cfg.retry.effort > 1:
-            last = self.attempt([w], "more_effort", of=last, editor=self.retry.effort())
+            last = self.attempt_repaired([w], "more_effort", of=last,
+                                         editor=self.retry.effort())
             if last.passed:
                 return
         fallback = self.retry.fallback(self.head)
         if fallback is not None:
-            last = self.attempt([w], "fallback", of=last, editor=fallback)
+            last = self.attempt_repaired([w], "fallback", of=last, editor=fallback)
             if last.passed:
                 return
         self._reject(w, last.batch, last.checks)
