@@ -290,7 +290,7 @@ class Scheduler:
                       retention_keys=retained)
 
     def commit_or_retry(self, batch: list[Work]) -> None:
-        """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 2 * len(batch))
+        """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 3 * len(batch))
         editor calls (each attempt may be repaired once), where the bisection this replaces
         edited the whole batch again at every level of its tree (issue 22)."""
         if self.stop():               # a batch boundary: nothing of this batch is done yet

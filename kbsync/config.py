@@ -59,8 +59,8 @@ class Retry(BaseModel):
                                         "that still fails alone, e.g. grace; null: none")
     fallback_hparams: dict[str, Any] = Field(default_factory=dict,
                                              description="overrides of its hyper-parameters")
-    repair: bool = Field(True, description="a batch that fails only retention is edited "
-                         "once more with the earlier facts it lost taught back")
+    repair: bool = Field(True, description="a batch or lone edit that fails only retention "
+                         "is made again with the earlier facts it lost taught back")
 
 
 class Config(BaseModel):

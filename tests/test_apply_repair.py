@@ -1,6 +1,6 @@
 """An attempt that fails retention alone is made once more with the earlier facts it lost
-taught back (`retry.repair`, kbsync/apply.py Scheduler.attempt_repaired), and the gates say which
-earlier facts a candidate lost (Verdict.lost).
+taught back (`retry.repair`, kbsync/apply.py Scheduler.attempt_repaired), and the gates
+say which earlier facts a candidate lost (Verdict.lost).
 
 On the tiny random Llama of tests/kbproject.py: Danube and Volga are applied first; the
 second apply's first gate verdict is made to report Danube lost (a real editor loses
