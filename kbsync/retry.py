@@ -1,4 +1,4 @@
-"""What a failing batch's retries are made of (the policy itself: apply.Scheduler.
+"""What a failing batch's retries are made of (the policy itself: scheduler.Scheduler.
 commit_or_retry): one `Attempt` per edit-and-gate, and the editors a retry may use.
 
 - the run's editor, for the batch and for its edits without the failing ones;

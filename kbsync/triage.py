@@ -1,7 +1,7 @@
 """What an apply edits: each planned request sorted into work to edit, facts the model
 already knows, and removes left alone (kbsync never edited them); the edit spec of a fact
 (its relation's templates, or a question-form fact's own prompt) and what the model said
-before kbsync first edited it. kbsync/apply.py's Scheduler decides how to edit the work
+before kbsync first edited it. kbsync/scheduler.py's Scheduler decides how to edit the work
 and records the rest."""
 
 from __future__ import annotations

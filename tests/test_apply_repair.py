@@ -1,5 +1,5 @@
 """An attempt that fails retention alone is made once more with the earlier facts it lost
-taught back (`retry.repair`, kbsync/apply.py Scheduler.attempt_repaired), and the gates
+taught back (`retry.repair`, kbsync/scheduler.py Scheduler.attempt_repaired), and the gates
 say which earlier facts a candidate lost (Verdict.lost).
 
 On the tiny random Llama of tests/kbproject.py: Danube and Volga are applied first; the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kbsync.apply
+import kbsync.scheduler
 import kbsync.evaluate.gates as gates_module
 from kbproject import FACTS, answer, applied_objects, key, make_project, write_facts
 from kbsync.apply import apply
@@ -44,7 +44,7 @@ def rewrite_checks(monkeypatch, rewrites: dict) -> list[list[str]]:
         rewrite = rewrites.get(len(seen))
         return rewrite(verdict, probes) if rewrite else verdict
 
-    monkeypatch.setattr(kbsync.apply, "check", gated)
+    monkeypatch.setattr(kbsync.scheduler, "check", gated)
     return seen
 
 

@@ -282,15 +282,15 @@ def _matrix(name: str, base, tmp_path, operation, cell, until: str | None = None
 def test_fault_matrix_every_write_point_of_apply_rollback_and_gc(tmp_path, tiny_llama_dir,
                                                                  monkeypatch, capsys):
     """Two facts, one per batch: two commit points per apply."""
-    import kbsync.apply
+    import kbsync.scheduler
     from kbsync.evaluate.gates import GateCheck, Verdict
 
     started = time.monotonic()
     # fsync guards against power loss, which this does not simulate; the gates are not
     # under test (a stub passes every batch): both only cost time, most of a run's
     monkeypatch.setattr(os, "fsync", lambda fd: None)
-    monkeypatch.setattr(kbsync.apply, "parent_reference", lambda lm, probes: {})
-    monkeypatch.setattr(kbsync.apply, "check",
+    monkeypatch.setattr(kbsync.scheduler, "parent_reference", lambda lm, probes: {})
+    monkeypatch.setattr(kbsync.scheduler, "check",
                         lambda *args, **kwargs: Verdict([GateCheck("finite", 1.0, 1.0, True)]))
     project = make_project(tmp_path / "base", tiny_llama_dir, batch_size=1, gates=OPEN_GATES,
                            facts=dict(zip(SUBJECTS, ("British", "American"))))

@@ -39,7 +39,7 @@ LAYER_OF = {
     "kbsync.editing": "editing",
     "kbsync.evaluate": "evaluate",
     "kbsync.store": "store",
-    "kbsync.apply": "run", "kbsync.sync": "run", "kbsync.bench": "run",
+    "kbsync.apply": "run", "kbsync.scheduler": "run", "kbsync.sync": "run", "kbsync.bench": "run",
     "kbsync.report": "run", "kbsync.history": "run", "kbsync.recovery": "run",
     "kbsync.retry": "run", "kbsync.triage": "run",
     "kbsync.project": "run", "kbsync.testing": "run",

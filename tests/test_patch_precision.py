@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from kbproject import make_project
-from kbsync import apply as apply_module
+from kbsync import scheduler as scheduler_module
 from kbsync.apply import apply
 from kbsync.editing.patch import WeightPatch, from_half, load_patch, stored_precision, to_half
 from kbsync.editing.rebuild import load_at
@@ -85,13 +85,13 @@ def test_head_rebuilt_from_the_store_is_the_model_that_passed_the_gates(
     project = Project(root)
 
     gated = []               # the edited layers at each commit, as the gates saw them
-    real_commit = apply_module.Scheduler.commit
+    real_commit = scheduler_module.Scheduler.commit
 
     def commit(self, patch, *args, **kwargs):
         gated.append({l: arch.weight_of(self.lm.model, l).detach().clone() for l in patch.layers})
         return real_commit(self, patch, *args, **kwargs)
 
-    monkeypatch.setattr(apply_module.Scheduler, "commit", commit)
+    monkeypatch.setattr(scheduler_module.Scheduler, "commit", commit)
     assert len(apply(project).applied) == 3 and len(gated) == 3
 
     lm, _ = load_at(project, project.snapshots().head(), with_editor=False)

@@ -135,15 +135,15 @@ def test_burst_of_ten_writes_gives_one_cycle_with_the_last_content(watcher):
 
 def test_the_model_is_loaded_once_for_many_cycles_and_again_after_a_config_change(
         applied, monkeypatch):
-    import kbsync.apply as apply_module
+    import kbsync.scheduler as scheduler_module
 
     loads = []
-    real = apply_module.load_at
+    real = scheduler_module.load_at
 
     def counted(project, snapshot, **kw):
         loads.append(snapshot) if kw.get("with_editor", True) else None
         return real(project, snapshot, **kw)
-    monkeypatch.setattr(apply_module, "load_at", counted)
+    monkeypatch.setattr(scheduler_module, "load_at", counted)
     config = applied.root / "kbsync.yaml"       # gates that pass: this test is about loads
     settings = yaml.safe_load(config.read_text())
     settings["gates"].update(efficacy_min=0, locality_min=0, kl_max=1e9, retention_min=0,
@@ -238,7 +238,7 @@ def test_watch_start_records_an_interrupted_run_and_plans_only_the_rest(applied,
     """Resume: a run killed after its first batch was committed (HEAD moved, its ledger
     rows not written). Starting the watch records it as interrupted, records what it
     committed, and applies only the edit it never reached: nothing is applied twice."""
-    import kbsync.apply as apply_module
+    import kbsync.scheduler as scheduler_module
 
     write_config(applied.root, Path(applied.config.model), batch_size=1)
     applied = Project(applied.root)                    # the new config
@@ -246,7 +246,7 @@ def test_watch_start_records_an_interrupted_run_and_plans_only_the_rest(applied,
     with monkeypatch.context() as mp:
         def killed(*args, **kwargs):
             raise KeyboardInterrupt                    # like a kill: no terminal event
-        mp.setattr(apply_module, "record_committed", killed)
+        mp.setattr(scheduler_module, "record_committed", killed)
         with pytest.raises(KeyboardInterrupt):
             apply(applied)
     first = [k for k, o in applied_objects(applied).items() if o in (NEW, "University")]

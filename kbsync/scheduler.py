@@ -1,0 +1,406 @@
+"""The scheduler: run a checked plan through the editor, the gates and the store
+(kbsync/apply.py reads the facts, makes or checks the plan and hands it here).
+
+    classify: already known (no edit) / remove of a fact kbsync never edited (no edit)
+    -> batches: edit -> candidate -> gates -> commit snapshot | revert and retry (below)
+    -> ledger rows for every edit, gate, attempt and snapshot
+
+A failing batch costs a bounded number of editor calls, not a bisection tree
+(`commit_or_retry`): an attempt (batch or lone edit) that failed retention alone is made
+once more with the earlier facts it made the model lose taught back (`retry.repair`);
+otherwise the edits that fail their own check (efficacy, paraphrases) are dropped and
+the rest edited once more as a batch (then one at a time, if the batch still fails a gate
+no single edit owns); each dropped edit is retried alone with more effort
+(`retry.effort` x the optimisation steps), then with `retry.fallback_editor` if one is
+named, and only then rejected. Every attempt is its own batch number in the ledger, with a
+`batch_retry` event saying which batch it retries and why.
+
+Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
+patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
+snapshot. The next run records the killed one as interrupted and plans again from HEAD:
+what was committed is in the applied state and is not applied twice. A stop asked for
+ends the run at a batch boundary (RunAbandoned).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kbsync.editing.rebuild import consolidate, load_at
+from kbsync.editing.patch import stored_precision
+from kbsync.errors import EditorError, GateFailed, KbsyncError
+from kbsync.evaluate.capacity import capacity
+from kbsync.evaluate.gates import GateCheck, Probes, Verdict, check, parent_reference
+from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
+from kbsync.evaluate.general import base_top1, top1
+from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
+from kbsync.facts.schema import Fact, KnowledgeBase
+from kbsync.lm.score import perplexity
+from kbsync.plan.plan import EditRequest, Plan
+from kbsync.recovery import end_failed_run, record_committed
+from kbsync.retry import Attempt, RetryEditors
+from kbsync.store.ledger import Ledger
+from kbsync.store.objects import ObjectStore
+from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.state import read_applied_state, write_applied_state
+from kbsync.triage import Work, repair_work, triage
+
+Emit = Callable[[dict], None]
+UNRELATED_SAMPLE = 20
+
+
+@dataclass
+class ApplyResult:
+    run_id: str | None
+    snapshot: str | None
+    applied: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)   # left for the next run (--max-edits)
+    repaired: list[str] = field(default_factory=list)   # earlier facts a batch lost, re-taught
+
+    def to_dict(self) -> dict:
+        return {"type": "summary", "run_id": self.run_id, "snapshot": self.snapshot,
+                "applied": len(self.applied), "known": len(self.known),
+                "skipped": len(self.skipped), "rejected": len(self.rejected),
+                "deferred": len(self.deferred), "repaired": len(self.repaired),
+                "rejected_keys": self.rejected}
+
+
+class RunAbandoned(KbsyncError):
+    """A stop was asked for (`kbsync watch` got SIGINT/SIGTERM): the run ended at a batch
+    boundary. Batches committed before it stay committed and recorded; the rest are
+    recorded as interrupted and planned again by the next run."""
+
+    def __init__(self, run_id: str | None):
+        super().__init__("stopped on request before the next batch")
+        self.run_id = run_id
+
+
+class Scheduler:
+    def __init__(self, project, plan: Plan, desired: KnowledgeBase, ledger: Ledger, emit: Emit,
+                 command: str, *, stop: Callable[[], bool] | None = None,
+                 loaded: tuple | None = None, max_edits: int | None = None):
+        """`desired`: the facts `plan` was checked against (check_plan), never re-read."""
+        self.stop, self.loaded, self.work = stop or (lambda: False), loaded, []
+        self.max_edits = max_edits
+
+        self.project, self.plan, self.ledger, self.emit = project, plan, ledger, emit
+        self.cfg = project.config
+        self.desired = desired
+        state = read_applied_state(project.kbsync_dir)
+        self.applied, self.head, self.serial = state.kb, state.snapshot_id, state.serial
+        self.snapshots = SnapshotStore(project.kbsync_dir)
+        self.objects = ObjectStore(project.kbsync_dir)
+        self.command = command
+        self.result = ApplyResult(None, self.head)
+        self.batch_no = 0
+        self.edit_seconds = 0.0     # editing + gates + commit, retries included (report)
+        self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
+        self.editor_calls = 0       # every edit attempted, retries included
+        self.tries = 0              # attempts of the batch in hand
+        self._base = None            # the base model, loaded when first needed
+        self._warned = False        # the capacity warning goes to the ledger once a run
+
+    # -- setup ------------------------------------------------------------------------
+    def run(self) -> ApplyResult:
+        self.lm, self.editor = self.loaded or load_at(self.project, self.head)
+        self.retry = RetryEditors(self.project, self.lm, self.editor)
+        if self.stop():
+            raise RunAbandoned(None)                 # nothing started, nothing to record
+        self.run_id = self.ledger.start_run(
+            self.command, facts_hash=self.plan.facts_hash, plan=self.plan.to_dict(),
+            editor=self.editor.name, hparams=self.editor.hp.to_dict(),
+            base_snapshot=self.head, state_serial=self.serial)
+        self.result.run_id = self.run_id
+        drift = [r.fact_key for r in self.plan.requests if r.reason == "drift"]
+        if drift:
+            self.ledger.event(self.run_id, "drift_found", keys=drift, refresh=self.plan.refresh)
+        try:
+            self.reference = reference_text(GATE_PASSAGES)
+            self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
+                                            lambda: perplexity(self._base_lm(), self.reference))
+            margin = self.cfg.gates.general_knowledge_margin
+            self.base_general = base_top1(
+                self.lm.fingerprint, general_prompts(),
+                lambda: top1(self._base_lm(), general_prompts(), margin), margin)
+            self._base = None                        # measured (or cached): free its memory
+            work = self.work = self.defer(self.classify())
+            size = self.cfg.batch_size or self.editor.default_batch_size
+            self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
+                       "skipped": len(self.result.skipped), "batch_size": size})
+            for start in range(0, len(work), size):
+                began = time.perf_counter()
+                self.commit_or_retry(work[start:start + size])
+                self.edit_seconds += time.perf_counter() - began
+            if self.pending:
+                self.commit(None, [], [])
+            self.ledger.event(self.run_id, "run_committed", snapshot=self.result.snapshot,
+                              edit_seconds=round(self.edit_seconds, 3),
+                              editor_calls=self.editor_calls,
+                              **{k: len(v) for k, v in self.result.__dict__.items()
+                                 if isinstance(v, list)})
+        except RunAbandoned:
+            self._abandon()
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):   # run_failed, or interrupted if HEAD moved
+                end_failed_run(self.project, self.ledger, self.run_id, exc)
+            raise
+        self.emit(self.result.to_dict())
+        if self.result.rejected and not (self.result.applied or self.result.known
+                                         or self.result.skipped):
+            raise GateFailed(f"the gates rejected every edit ({len(self.result.rejected)}); "
+                             "nothing was committed", hint="`kbsync show " + self.run_id[:12]
+                             + "` lists the figures")
+        return self.result
+
+    def defer(self, work: list[Work]) -> list[Work]:
+        """The first `max_edits` edits; the others are recorded as deferred, left out of
+        the applied state, so the next plan has them again."""
+        if self.max_edits is None or len(work) <= self.max_edits:
+            return work
+        later = work[self.max_edits:]
+        self.result.deferred = [w.request.fact_key for w in later]
+        self.ledger.event(self.run_id, "edits_deferred", keys=self.result.deferred,
+                          max_edits=self.max_edits)
+        self.emit({"type": "deferred", "count": len(later), "max_edits": self.max_edits})
+        return work[:self.max_edits]
+
+    def _abandon(self) -> None:
+        """Record a stopped run: its edits not yet committed or rejected as interrupted,
+        then the run itself, so the ledger says at once what the next run plans again."""
+        done = set(self.result.applied) | set(self.result.rejected)
+        with self.ledger.transaction():
+            for w in self.work:
+                if w.request.fact_key not in done:
+                    self._record(w.request, "interrupted", pre_answer=w.pre_answer,
+                                 reason="stopped before its batch; planned again next run")
+            self.ledger.event(self.run_id, "run_interrupted", detail="stopped on request",
+                              snapshot=self.result.snapshot)
+
+    def _base_lm(self):
+        """The base model, for the base references (on a cache miss only), loaded once."""
+        if self.head is None:          # the model in hand is the base model
+            return self.lm
+        if self._base is None:
+            self._base, _ = load_at(self.project, None, with_editor=False)
+        return self._base
+
+    # -- what to do per request ----------------------------------------------------------
+    def classify(self) -> list[Work]:
+        """The work to edit; known facts and skipped removes recorded as such."""
+        sorted_ = triage(self.lm, self.plan.requests, self.desired, self.applied, self.ledger)
+        for req in sorted_.skipped:
+            self._record(req, "skipped", reason="not edited by kbsync: left as the model "
+                         "knew it")
+            self.pending[req.fact_key] = None
+            self.result.skipped.append(req.fact_key)
+        for w in sorted_.known:
+            self._record(w.request, "known", reason="the model already answers this",
+                         pre_answer=w.pre_answer)
+            self.pending[w.request.fact_key] = w.fact
+            self.result.known.append(w.request.fact_key)
+        return sorted_.work
+
+    # -- batches -------------------------------------------------------------------------
+    def probes(self, batch: list[Work]) -> Probes:
+        keys = {w.request.fact_key for w in batch}
+        para = [(p, w.spec.target, i) for i, w in enumerate(batch) for p in w.spec.paraphrases]
+        local = [p.prompt for w in batch if w.fact for p in w.fact.locality]
+        # earlier facts: the applied state plus what this run found known or committed
+        kb = self._next_applied()
+        others = sorted(k for k in kb.facts if k not in keys)
+        rng = random.Random(self.cfg.seed)
+        unrelated = rng.sample(others, min(UNRELATED_SAMPLE, len(others)))
+        local += [kb.prompts(k)[0] for k in unrelated] + list(GENERAL_PROMPTS)
+        retained = rng.sample(others, min(self.cfg.gates.retention_sample, len(others)))
+        return Probes([w.spec.text for w in batch], [w.spec.target for w in batch],
+                      [p for p, _, _ in para], [t for _, t, _ in para], local,
+                      [kb.prompts(k)[0] for k in retained],
+                      [kb.facts[k].object for k in retained],
+                      para_owner=[i for _, _, i in para], general_prompts=general_prompts(),
+                      retention_keys=retained)
+
+    def commit_or_retry(self, batch: list[Work]) -> None:
+        """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 3 * len(batch))
+        editor calls (each attempt may be repaired once), where the bisection this replaces
+        edited the whole batch again at every level of its tree (issue 22)."""
+        if self.stop():               # a batch boundary: nothing of this batch is done yet
+            raise RunAbandoned(self.run_id)
+        first = self.attempt_repaired(batch, "batch")
+        if first.passed:
+            return
+        if len(batch) == 1:
+            self._retry_alone(batch[0], first)
+            return
+        dropped = [w for w in batch if first.own_failed(w.request.fact_key)]
+        rest = [w for w in batch if w not in dropped]
+        if dropped and rest and self.attempt_repaired(rest, "without_failing", of=first).passed:
+            rest = []
+        for w in rest:     # the batch failed a gate no single edit owns: one at a time
+            alone = self.attempt_repaired([w], "one_by_one", of=first)
+            if not alone.passed:
+                self._retry_alone(w, alone)
+        for w in dropped:
+            self._retry_alone(w, first)
+
+    def attempt_repaired(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
+                         editor=None) -> Attempt:
+        """`attempt`, and if that fails retention alone, once more with the earlier facts
+        it lost taught back (drift edits, as `refresh` plans them): in a small knowledge
+        base one lost fact is already below the gate (1 of 30 is 0.967 < 0.98), and
+        rejecting an edit for it costs a fact that the lost one could have kept. Tried at
+        every stage of the retry (a lone edit loses earlier facts too), never twice in a row."""
+        tried = self.attempt(batch, strategy, of=of, editor=editor)
+        if tried.passed or not (self.cfg.retry.repair and tried.lost
+                                and tried.failed_only("retention")):
+            return tried
+        repairs = [repair_work(key, self._next_applied()) for key in tried.lost]
+        return self.attempt(batch + repairs, "with_repair", of=tried, editor=editor)
+
+    def _retry_alone(self, w: Work, last: Attempt) -> None:
+        """An edit that failed: with more effort if it failed its own check (more steps
+        cannot fix a batch's drift), then with the fallback editor; only then rejected."""
+        if last.own_failed(w.request.fact_key) and self.cfg.retry.effort > 1:
+            last = self.attempt_repaired([w], "more_effort", of=last,
+                                         editor=self.retry.effort())
+            if last.passed:
+                return
+        fallback = self.retry.fallback(self.head)
+        if fallback is not None:
+            last = self.attempt_repaired([w], "fallback", of=last, editor=fallback)
+            if last.passed:
+                return
+        self._reject(w, last.batch, last.checks)
+
+    def attempt(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
+                editor=None) -> Attempt:
+        """Edit `batch` with `editor` (default: the run's), gate it, and commit it if every
+        gate passes; otherwise leave the model as it was. `of`: the attempt it retries."""
+        editor = editor or self.editor
+        self.batch_no += 1
+        number, origin = self.batch_no, of.origin if of else self.batch_no
+        self.tries = self.tries + 1 if of else 1
+        keys = [w.request.fact_key for w in batch]
+        self.emit({"type": "batch_start", "batch": number, "size": len(batch), "keys": keys,
+                   "attempt": self.tries, "strategy": strategy, "of": origin})
+        if of is not None:
+            self.ledger.event(self.run_id, "batch_retry", batch=number, of=origin,
+                              attempt=self.tries, strategy=strategy, keys=keys,
+                              editor=editor.name, after_failed=[c.metric for c in of.checks
+                                                                if not c.passed])
+        probes = self.probes(batch)
+        parent = parent_reference(self.lm, probes)
+        patch, verdict = self._edit_and_check(editor, batch, probes, parent, number)
+        checks = verdict.checks
+        with self.ledger.transaction():     # one write for the batch's gate rows, not one each
+            for c in checks:
+                self.ledger.record_gate(self.run_id, number, c.metric, c.value, c.threshold,
+                                        c.passed, attempt=self.tries, strategy=strategy,
+                                        of=origin)
+        self.emit({"type": "gates", "batch": number, "checks": [c.to_dict() for c in checks],
+                   "attempt": self.tries, "strategy": strategy})
+        passed = all(c.passed for c in checks)
+        if passed:
+            self.retry.accepting(editor).accept(patch)
+            self.commit(patch, batch, checks, editor)
+        own = None if verdict.own is None else {
+            w.request.fact_key: ok for w, ok in zip(batch, verdict.own)}
+        return Attempt(number, origin, checks, passed, own, verdict.lost)
+
+    def _edit_and_check(self, editor, batch: list[Work], probes: Probes, parent: dict,
+                        number: int) -> tuple:
+        """(patch, verdict): the patch left applied only if every gate passed."""
+        self.editor_calls += 1
+        try:
+            patch = stored_precision(editor.edit(self.lm, [w.spec for w in batch]),
+                                     self.cfg.patch_precision)
+        except EditorError as exc:
+            self.ledger.event(self.run_id, "editor_error", batch=number, error=str(exc))
+            return None, Verdict([GateCheck("finite", 0.0, 1.0, False)])
+        saved = patch.checkpoint(self.lm.model)
+        patch.apply(self.lm.model)
+        verdict = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl, self.reference,
+                        patch.checked_tensors(self.lm.model), base_general=self.base_general)
+        if not verdict.passed:
+            patch.restore(self.lm.model, saved)
+        return patch, verdict
+
+    def _reject(self, w: Work, batch: int, checks: list[GateCheck]) -> None:
+        failed = [c.metric for c in checks if not c.passed]
+        self._record(w.request, "rejected", batch=batch, reason="gates failed: " + ", ".join(failed),
+                     metrics={c.metric: c.value for c in checks}, pre_answer=w.pre_answer)
+        self.result.rejected.append(w.request.fact_key)
+        self.emit({"type": "rejected", "key": w.request.fact_key, "failed": failed})
+
+    # -- commit --------------------------------------------------------------------------
+    def commit(self, patch, batch: list[Work], checks: list[GateCheck], editor=None) -> None:
+        editor = editor or self.editor
+        for w in batch:
+            self.pending[w.request.fact_key] = w.fact
+        kb = self._next_applied()
+        patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
+        # what changed, not the whole knowledge base again; every K patches a checkpoint
+        facts = write_applied_state(self.snapshots, self.head, self.applied, kb, self.pending)
+        manifest = Manifest(
+            parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
+            editor=editor.name, hparams=editor.hp.to_dict(), patch=patch_id,
+            **facts, **consolidate(self.project, self.lm, self.head, patch_id),
+            gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
+                   for c in checks},
+            run_id=self.run_id, ledger_head=self.ledger.head_hash(),
+            # what `recover` needs to record this batch if the run dies before its rows
+            meta={"batch": self.batch_no, "edits": [
+                {"fact_key": w.request.fact_key, "op": w.request.op,
+                 "old_object": w.request.old_object, "new_object": w.request.new_object,
+                 "reason": w.request.reason, "pre_answer": w.pre_answer} for w in batch]})
+        snapshot = self.snapshots.write(manifest)
+        self.snapshots.set_head(snapshot)                       # the commit point
+        record_committed(self.ledger, snapshot, manifest)
+        for w in batch:
+            (self.result.repaired if w.repair else self.result.applied).append(w.request.fact_key)
+        self.applied, self.head, self.serial = kb, snapshot, manifest.serial
+        self.pending = {}
+        self.result.snapshot = snapshot
+        self.emit({"type": "commit", "snapshot": snapshot, "serial": manifest.serial,
+                   "edits": len(batch)})
+        if checks:
+            self._capacity(len(kb.facts), checks)
+
+    def _capacity(self, facts: int, checks: list[GateCheck]) -> None:
+        """The budget left after a commit (evaluate.capacity); its first warning of the run
+        also goes to the ledger, after the commit's rows."""
+        done = len(self.result.applied) + len(self.result.rejected)
+        cap = capacity(facts, {c.metric: (c.value, c.threshold) for c in checks},
+                       pending=max(len(self.work) - done, 0)).to_dict()
+        self.emit({"type": "capacity", **cap})
+        if cap["warn"] and not self._warned:
+            self._warned = True
+            self.ledger.event(self.run_id, "capacity_warning", **cap)
+
+    def _next_applied(self) -> KnowledgeBase:
+        facts = dict(self.applied.facts)
+        for key, fact in self.pending.items():
+            if fact is None:
+                facts.pop(key, None)
+            else:
+                facts[key] = fact
+        relations = {**self.applied.relations, **self.desired.relations}
+        used = {f.relation for f in facts.values()}
+        return KnowledgeBase(relations={k: v for k, v in relations.items() if k in used},
+                             facts=facts)
+
+    def _record(self, req: EditRequest, status: str, *, batch: int | None = None,
+                reason: str | None = None, metrics: dict | None = None,
+                pre_answer: str | None = None) -> None:
+        if req.reason == "drift" and reason and not reason.startswith("drift"):
+            reason = f"drift; {reason}"       # the ledger row keeps the drift marker
+        self.ledger.record_edit(self.run_id, req.fact_key, req.op, status,
+                                old_object=req.old_object, new_object=req.new_object,
+                                batch=batch, reason=reason or req.reason, metrics=metrics,
+                                pre_answer=pre_answer)
