@@ -15,11 +15,11 @@ no single edit owns); each dropped edit is retried alone with more effort
 named, and only then rejected. Every attempt is its own batch number in the ledger, with a
 `batch_retry` event saying which batch it retries and why.
 
-Each committed batch is its own snapshot, and HEAD moves only by `set_head` after the
-patch and the manifest are on disk, so a kill at any point leaves HEAD at a complete
-snapshot. The next run records the killed one as interrupted and plans again from HEAD:
-what was committed is in the applied state and is not applied twice. A stop asked for
-ends the run at a batch boundary (RunAbandoned).
+Each committed batch is its own snapshot (kbsync/commit.py: HEAD moves only by `set_head`
+after the patch and the manifest are on disk, so a kill at any point leaves HEAD at a
+complete snapshot). The next run records the killed one as interrupted and plans again
+from HEAD: what was committed is in the applied state and is not applied twice. A stop
+asked for ends the run at a batch boundary (RunAbandoned).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kbsync.editing.rebuild import consolidate, load_at
+from kbsync.commit import commit_batch, next_applied
+from kbsync.editing.rebuild import load_at
 from kbsync.editing.patch import stored_precision
 from kbsync.errors import EditorError, GateFailed, KbsyncError
 from kbsync.evaluate.capacity import capacity
@@ -40,12 +41,12 @@ from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.lm.score import perplexity
 from kbsync.plan.plan import EditRequest, Plan
-from kbsync.recovery import end_failed_run, record_committed
+from kbsync.recovery import end_failed_run
 from kbsync.retry import Attempt, RetryEditors
 from kbsync.store.ledger import Ledger
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import Manifest, SnapshotStore
-from kbsync.store.state import read_applied_state, write_applied_state
+from kbsync.store.snapshots import SnapshotStore
+from kbsync.store.state import read_applied_state
 from kbsync.triage import Work, repair_work, triage
 
 Emit = Callable[[dict], None]
@@ -344,24 +345,11 @@ class Scheduler:
         for w in batch:
             self.pending[w.request.fact_key] = w.fact
         kb = self._next_applied()
-        patch_id = self.objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
-        # what changed, not the whole knowledge base again; every K patches a checkpoint
-        facts = write_applied_state(self.snapshots, self.head, self.applied, kb, self.pending)
-        manifest = Manifest(
-            parent=self.head, serial=self.serial + 1, base_model=self.lm.fingerprint,
-            editor=editor.name, hparams=editor.hp.to_dict(), patch=patch_id,
-            **facts, **consolidate(self.project, self.lm, self.head, patch_id),
-            gates={c.metric: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
-                   for c in checks},
-            run_id=self.run_id, ledger_head=self.ledger.head_hash(),
-            # what `recover` needs to record this batch if the run dies before its rows
-            meta={"batch": self.batch_no, "edits": [
-                {"fact_key": w.request.fact_key, "op": w.request.op,
-                 "old_object": w.request.old_object, "new_object": w.request.new_object,
-                 "reason": w.request.reason, "pre_answer": w.pre_answer} for w in batch]})
-        snapshot = self.snapshots.write(manifest)
-        self.snapshots.set_head(snapshot)                       # the commit point
-        record_committed(self.ledger, snapshot, manifest)
+        snapshot, manifest = commit_batch(
+            self.project, self.lm, self.ledger, self.snapshots, self.objects,
+            head=self.head, serial=self.serial, applied=self.applied, kb=kb,
+            pending=self.pending, patch=patch, editor=editor, checks=checks,
+            run_id=self.run_id, batch_no=self.batch_no, batch=batch)
         for w in batch:
             (self.result.repaired if w.repair else self.result.applied).append(w.request.fact_key)
         self.applied, self.head, self.serial = kb, snapshot, manifest.serial
@@ -384,16 +372,7 @@ class Scheduler:
             self.ledger.event(self.run_id, "capacity_warning", **cap)
 
     def _next_applied(self) -> KnowledgeBase:
-        facts = dict(self.applied.facts)
-        for key, fact in self.pending.items():
-            if fact is None:
-                facts.pop(key, None)
-            else:
-                facts[key] = fact
-        relations = {**self.applied.relations, **self.desired.relations}
-        used = {f.relation for f in facts.values()}
-        return KnowledgeBase(relations={k: v for k, v in relations.items() if k in used},
-                             facts=facts)
+        return next_applied(self.applied, self.pending, self.desired.relations)
 
     def _record(self, req: EditRequest, status: str, *, batch: int | None = None,
                 reason: str | None = None, metrics: dict | None = None,

@@ -4,7 +4,7 @@
     facts <- plan, config
     lm <- editing <- evaluate
     store (beside: facts and plan below it, nothing of the model chain)
-    run: apply, sync, bench, report, history, recovery, project, testing
+    run: apply, scheduler, commit, sync, bench, report, history, recovery, project, testing
     cli (the kbsync.cli package, kbsync.__main__)
 
 A module imports its own layer and the layers LAYERS lists under it, nothing else; every
@@ -41,7 +41,7 @@ LAYER_OF = {
     "kbsync.store": "store",
     "kbsync.apply": "run", "kbsync.scheduler": "run", "kbsync.sync": "run", "kbsync.bench": "run",
     "kbsync.report": "run", "kbsync.history": "run", "kbsync.recovery": "run",
-    "kbsync.retry": "run", "kbsync.triage": "run",
+    "kbsync.retry": "run", "kbsync.triage": "run", "kbsync.commit": "run",
     "kbsync.project": "run", "kbsync.testing": "run",
     "kbsync.cli": "cli", "kbsync.__main__": "cli",
     "kbsync": "root",                 # the package's __init__: the public facade

@@ -238,7 +238,7 @@ def test_watch_start_records_an_interrupted_run_and_plans_only_the_rest(applied,
     """Resume: a run killed after its first batch was committed (HEAD moved, its ledger
     rows not written). Starting the watch records it as interrupted, records what it
     committed, and applies only the edit it never reached: nothing is applied twice."""
-    import kbsync.scheduler as scheduler_module
+    import kbsync.commit as commit_module
 
     write_config(applied.root, Path(applied.config.model), batch_size=1)
     applied = Project(applied.root)                    # the new config
@@ -246,7 +246,7 @@ def test_watch_start_records_an_interrupted_run_and_plans_only_the_rest(applied,
     with monkeypatch.context() as mp:
         def killed(*args, **kwargs):
             raise KeyboardInterrupt                    # like a kill: no terminal event
-        mp.setattr(scheduler_module, "record_committed", killed)
+        mp.setattr(commit_module, "record_committed", killed)
         with pytest.raises(KeyboardInterrupt):
             apply(applied)
     first = [k for k, o in applied_objects(applied).items() if o in (NEW, "University")]
