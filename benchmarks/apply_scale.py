@@ -76,8 +76,8 @@ def make_project(root: Path, n: int, editor: str | None, batch: int | None,
     """A project holding n facts of `dataset` (reused if root already holds one)."""
     import yaml
 
-    from kbsync.config import Config, render_config
-    from kbsync.project import find_project, init_project
+    from kbsync.config import Config, Retry, render_config
+    from kbsync.project import default_fallback, find_project, init_project
 
     if (root / "kbsync.yaml").exists():
         return find_project(root)
@@ -87,7 +87,10 @@ def make_project(root: Path, n: int, editor: str | None, batch: int | None,
     (project.facts_dir / f"{dataset}.yaml").write_text(
         yaml.safe_dump({"version": 1, "facts": DATASETS[dataset](n)}, allow_unicode=True,
                        sort_keys=False), encoding="utf-8")
-    config = Config(editor=editor or "alphaedit", **({"batch_size": batch} if batch else {}))
+    name = editor or "alphaedit"
+    # kbsync init's retry settings (its fallback editor) with the editor and batch asked for
+    config = Config(editor=name, retry=Retry(fallback_editor=default_fallback(name)),
+                    **({"batch_size": batch} if batch else {}))
     project.config_path.write_text(render_config(config), encoding="utf-8")
     return find_project(root)
 

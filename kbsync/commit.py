@@ -17,7 +17,7 @@ from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.recovery import record_committed
 from kbsync.store.ledger import Ledger
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.snapshots import GATE_BASE, Manifest, SnapshotStore
 from kbsync.store.state import write_applied_state
 from kbsync.triage import Work
 
@@ -40,9 +40,11 @@ def next_applied(applied: KnowledgeBase, pending: dict[str, Fact | None],
 def commit_batch(project, lm, ledger: Ledger, snapshots: SnapshotStore, objects: ObjectStore,
                  *, head: str | None, serial: int, applied: KnowledgeBase, kb: KnowledgeBase,
                  pending: dict[str, Fact | None], patch, editor, checks: list[GateCheck],
-                 run_id: str, batch_no: int, batch: list[Work]) -> tuple[str, Manifest]:
+                 run_id: str, batch_no: int, batch: list[Work],
+                 gate_base: str | None = None) -> tuple[str, Manifest]:
     """Commit `batch` (its `patch`, possibly None) as the snapshot after `head`, whose
-    applied state `kb` is `applied` with `pending`: (snapshot id, manifest)."""
+    applied state `kb` is `applied` with `pending`: (snapshot id, manifest). `gate_base`:
+    what its cumulative gates measured against (SnapshotStore.gate_base; None: the base)."""
     patch_id = objects.put_tensors(patch.tensors()) if patch and not patch.is_empty() else None
     # what changed, not the whole knowledge base again; every K patches a checkpoint
     facts = write_applied_state(snapshots, head, applied, kb, pending)
@@ -54,7 +56,7 @@ def commit_batch(project, lm, ledger: Ledger, snapshots: SnapshotStore, objects:
                for c in checks},
         run_id=run_id, ledger_head=ledger.head_hash(),
         # what `recover` needs to record this batch if the run dies before its rows
-        meta={"batch": batch_no, "edits": [
+        meta={GATE_BASE: gate_base, "batch": batch_no, "edits": [
             {"fact_key": w.request.fact_key, "op": w.request.op,
              "old_object": w.request.old_object, "new_object": w.request.new_object,
              "reason": w.request.reason, "pre_answer": w.pre_answer} for w in batch]})

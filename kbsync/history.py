@@ -9,13 +9,14 @@ removes it). Reading commands never create a ledger where there is none."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from kbsync.errors import IntegrityError, KbsyncError
 from kbsync.store.anchor import ANCHOR_SUFFIX
 from kbsync.store.lock import ProjectLock
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import MIN_PREFIX, SnapshotStore
+from kbsync.store.snapshots import MIN_PREFIX, REBASE, SnapshotStore
 
 
 def committed(snapshots: SnapshotStore) -> list[tuple]:
@@ -78,6 +79,7 @@ def log(project, limit: int | None = None) -> list[dict]:
     known = dict(history)        # each manifest read once, for the sizes too
     entries = [{"kind": "snapshot", "id": sid, "short": short.get(sid, sid), "serial": m.serial,
                 "created_at": m.created_at, "parent": m.parent, "rollback_of": m.rollback_of,
+                "rebase_of": m.meta.get(REBASE, {}).get("of"),
                 "run_id": m.run_id, "editor": m.editor, "head": sid == head,
                 "bytes": sum(snapshots.added_bytes(sid, known).values())}
                for sid, m in history]
@@ -261,19 +263,30 @@ def rollback(project, ref: str, *, lock_timeout: float = 0) -> dict:
 
 def _commit_rollback(project, snapshots: SnapshotStore, ledger, target: str,
                      previous: str) -> str:
-    """The rollback run: its manifest, the commit point, its ledger rows. A failure ends
-    the run as apply's do (run_failed, or run_interrupted once HEAD moved)."""
+    def manifest(run_id: str, ledger_head: str | None):
+        return snapshots.rollback_manifest(target, run_id=run_id, ledger_head=ledger_head)
+
+    return commit_run_snapshot(project, snapshots, ledger, "rollback", manifest,
+                               previous=previous, event={"target": target}, target=target)
+
+
+def commit_run_snapshot(project, snapshots: SnapshotStore, ledger, command: str,
+                        manifest: Callable, *, previous: str, event: dict, **run) -> str:
+    """A run that commits one snapshot and edits nothing (rollback, rebase): the run row,
+    its manifest (`manifest(run_id, ledger_head)`), the commit point, its ledger rows (the
+    snapshot, an event of kind `command` with `event` and the snapshot id, run_committed).
+    A failure ends the run as apply's do (run_failed, or run_interrupted once HEAD moved)."""
     from kbsync.recovery import end_failed_run
 
-    run_id = ledger.start_run("rollback", base_snapshot=previous, target=target)
+    run_id = ledger.start_run(command, base_snapshot=previous, **run)
     try:
-        manifest = snapshots.rollback_manifest(target, run_id=run_id,
-                                               ledger_head=ledger.head_hash())
-        sid = snapshots.write(manifest)
+        made = manifest(run_id, ledger.head_hash())
+        sid = snapshots.write(made)
         snapshots.set_head(sid)                             # the commit point
         with ledger.transaction():
-            ledger.record_snapshot(sid, run_id, previous, manifest.serial, rollback_of=target)
-            ledger.event(run_id, "rollback", target=target, snapshot=sid)
+            ledger.record_snapshot(sid, run_id, previous, made.serial,
+                                   rollback_of=made.rollback_of)
+            ledger.event(run_id, command, **event, snapshot=sid)
             ledger.event(run_id, "run_committed", snapshot=sid)
     except BaseException as exc:
         if not isinstance(exc, KeyboardInterrupt):     # killed: the next recovery records it

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 import kbsync
-from kbsync.config import CONFIG_NAME, Config, load_config, render_config, resolve_paths
+from kbsync.config import CONFIG_NAME, Config, Retry, load_config, render_config, resolve_paths
 from kbsync.errors import IntegrityError, KbsyncError
 
 __all__ = ["STORE_DIR", "Project", "find_project", "init_project", "compute_plan",
@@ -105,6 +105,22 @@ def demo_facts_dir() -> Path:
     return Path(kbsync.__file__).resolve().parent / "data" / "demo"
 
 
+DEFAULT_FALLBACK = "grace"
+
+
+def default_fallback(editor: str) -> str | None:
+    """The fallback editor `kbsync init` names: a side memory for a weight editor, which
+    takes the facts past the wall (scheduler._past_the_wall), where perplexity drift
+    rejects the weight editor's; GRACE, because it spends no drift and costs 0.4 s and
+    8 KB an edit on the default model (benchmarks/RESULTS.md, zsRE table). None for a
+    side-memory editor, which needs none."""
+    from kbsync.editing.registry import EDITORS
+
+    method = EDITORS.get(editor)
+    return None if method is None or method.memory or editor == DEFAULT_FALLBACK \
+        else DEFAULT_FALLBACK
+
+
 def init_project(directory: Path | str, model: str = "default",
                  editor: str = "alphaedit") -> Project:
     """Create kbsync.yaml, facts/ (the demo knowledge base) and .kbsync/ in `directory`.
@@ -118,7 +134,8 @@ def init_project(directory: Path | str, model: str = "default",
         if existing.exists():
             raise KbsyncError(f"{root} is already a kbsync project ({existing.name} exists)",
                               hint="kbsync init never overwrites a project; use another folder")
-    config = Config(model=model, editor=editor)
+    config = Config(model=model, editor=editor,
+                    retry=Retry(fallback_editor=default_fallback(editor)))
     project = Project(root, config)
     facts = project.facts_dir
     if facts.exists() and (not facts.is_dir() or any(facts.iterdir())):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from kbsync.editing.hparams import more_effort
 from kbsync.editing.rebuild import fold_editor_state
 from kbsync.editing.registry import make_editor
-from kbsync.errors import ConfigError
+from kbsync.errors import ConfigError, EditorError
 from kbsync.evaluate.gates import GateCheck
 
 
@@ -64,9 +64,14 @@ class RetryEditors:
             raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
                               hint="name another editor, e.g. grace, or leave it unset")
         if self._fallback is None:
-            self._fallback = make_editor(name, self.lm.model.config,
-                                         {**self.cfg.retry.fallback_hparams,
-                                          "seed": self.cfg.seed})
+            try:
+                self._fallback = make_editor(name, self.lm.model.config,
+                                             {**self.cfg.retry.fallback_hparams,
+                                              "seed": self.cfg.seed})
+            except EditorError as err:
+                raise ConfigError(f"retry.fallback_editor {name}: {err.message}",
+                                  hint="set its hyper-parameters in retry.fallback_hparams "
+                                       "(e.g. {layers: [N]}), or leave it unset") from err
             fold_editor_state(self.project, head, self._fallback)
         return self._fallback
 

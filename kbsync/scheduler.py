@@ -13,7 +13,9 @@ the rest edited once more as a batch (then one at a time, if the batch still fai
 no single edit owns); each dropped edit is retried alone with more effort
 (`retry.effort` x the optimisation steps), then with `retry.fallback_editor` if one is
 named, and only then rejected. Every attempt is its own batch number in the ledger, with a
-`batch_retry` event saying which batch it retries and why.
+`batch_retry` event saying which batch it retries and why. Past the wall (a cumulative
+gate's budget nearly spent) the batches go to the fallback editor from the start
+(`_past_the_wall`, a `past_the_wall` event) until a rebase restores the budget.
 
 Each committed batch is its own snapshot (kbsync/commit.py: HEAD moves only by `set_head`
 after the patch and the manifest are on disk, so a kill at any point leaves HEAD at a
@@ -33,14 +35,12 @@ from kbsync.commit import commit_batch, next_applied
 from kbsync.editing.rebuild import load_at
 from kbsync.editing.patch import stored_precision
 from kbsync.errors import EditorError, GateFailed, KbsyncError
-from kbsync.evaluate.capacity import capacity
+from kbsync.evaluate.capacity import capacity, recorded
 from kbsync.evaluate.gates import GateCheck, Probes, Verdict, check, parent_reference
-from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
-from kbsync.evaluate.general import base_top1, top1
 from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
 from kbsync.facts.schema import Fact, KnowledgeBase
-from kbsync.lm.score import perplexity
 from kbsync.plan.plan import EditRequest, Plan
+from kbsync.rebase import gate_reference
 from kbsync.recovery import end_failed_run
 from kbsync.retry import Attempt, RetryEditors
 from kbsync.store.ledger import Ledger
@@ -104,8 +104,9 @@ class Scheduler:
         self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
         self.editor_calls = 0       # every edit attempted, retries included
         self.tries = 0              # attempts of the batch in hand
-        self._base = None            # the base model, loaded when first needed
         self._warned = False        # the capacity warning goes to the ledger once a run
+        self.spent = False          # a cumulative gate's budget is nearly spent (capacity)
+        self._routed = False        # past_the_wall recorded (once a run)
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
@@ -122,14 +123,10 @@ class Scheduler:
         if drift:
             self.ledger.event(self.run_id, "drift_found", keys=drift, refresh=self.plan.refresh)
         try:
-            self.reference = reference_text(GATE_PASSAGES)
-            self.base_ppl = base_perplexity(self.lm.fingerprint, self.reference,
-                                            lambda: perplexity(self._base_lm(), self.reference))
-            margin = self.cfg.gates.general_knowledge_margin
-            self.base_general = base_top1(
-                self.lm.fingerprint, general_prompts(),
-                lambda: top1(self._base_lm(), general_prompts(), margin), margin)
-            self._base = None                        # measured (or cached): free its memory
+            # the cumulative gates' reference: the base model, or the last rebase
+            self.gate = gate_reference(self.project, self.lm, self.head,
+                                       self.cfg.gates.general_knowledge_margin)
+            self.spent = self._spent_at_head()
             work = self.work = self.defer(self.classify())
             size = self.cfg.batch_size or self.editor.default_batch_size
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
@@ -184,14 +181,6 @@ class Scheduler:
             self.ledger.event(self.run_id, "run_interrupted", detail="stopped on request",
                               snapshot=self.result.snapshot)
 
-    def _base_lm(self):
-        """The base model, for the base references (on a cache miss only), loaded once."""
-        if self.head is None:          # the model in hand is the base model
-            return self.lm
-        if self._base is None:
-            self._base, _ = load_at(self.project, None, with_editor=False)
-        return self._base
-
     # -- what to do per request ----------------------------------------------------------
     def classify(self) -> list[Work]:
         """The work to edit; known facts and skipped removes recorded as such."""
@@ -233,22 +222,42 @@ class Scheduler:
         edited the whole batch again at every level of its tree (issue 22)."""
         if self.stop():               # a batch boundary: nothing of this batch is done yet
             raise RunAbandoned(self.run_id)
-        first = self.attempt_repaired(batch, "batch")
+        routed = self._past_the_wall()
+        first = self.attempt_repaired(batch, "batch" if routed is None else "past_the_wall",
+                                      editor=routed)
         if first.passed:
             return
         if len(batch) == 1:
-            self._retry_alone(batch[0], first)
+            self._retry_alone(batch[0], first, routed)
             return
         dropped = [w for w in batch if first.own_failed(w.request.fact_key)]
         rest = [w for w in batch if w not in dropped]
-        if dropped and rest and self.attempt_repaired(rest, "without_failing", of=first).passed:
+        if dropped and rest and self.attempt_repaired(rest, "without_failing", of=first,
+                                                      editor=routed).passed:
             rest = []
         for w in rest:     # the batch failed a gate no single edit owns: one at a time
-            alone = self.attempt_repaired([w], "one_by_one", of=first)
+            alone = self.attempt_repaired([w], "one_by_one", of=first, editor=routed)
             if not alone.passed:
-                self._retry_alone(w, alone)
+                self._retry_alone(w, alone, routed)
         for w in dropped:
-            self._retry_alone(w, first)
+            self._retry_alone(w, first, routed)
+
+    def _past_the_wall(self):
+        """The fallback editor once a cumulative gate's budget is nearly spent (at HEAD
+        or after a commit of this run: evaluate.capacity), if kbsync.yaml names one;
+        else None (the run's editor). Past the wall every batch of the weight editor
+        fails `ppl_drift` and is retried edit by edit before the fallback gets it, about
+        40 s a fact on the default model (benchmarks/RESULTS.md, "apply_scale at N =
+        1,000"); a side memory such as GRACE spends no drift. A rebase restores the
+        budget, and the run's editor with it."""
+        if not self.spent:
+            return None
+        fallback = self.retry.fallback(self.head)
+        if fallback is not None and not self._routed:
+            self._routed = True
+            self.ledger.event(self.run_id, "past_the_wall", editor=fallback.name)
+            self.emit({"type": "past_the_wall", "editor": fallback.name})
+        return fallback
 
     def attempt_repaired(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
                          editor=None) -> Attempt:
@@ -264,9 +273,13 @@ class Scheduler:
         repairs = [repair_work(key, self._next_applied()) for key in tried.lost]
         return self.attempt(batch + repairs, "with_repair", of=tried, editor=editor)
 
-    def _retry_alone(self, w: Work, last: Attempt) -> None:
+    def _retry_alone(self, w: Work, last: Attempt, routed=None) -> None:
         """An edit that failed: with more effort if it failed its own check (more steps
-        cannot fix a batch's drift), then with the fallback editor; only then rejected."""
+        cannot fix a batch's drift), then with the fallback editor; only then rejected.
+        `routed`: the fallback editor made the batch already (past the wall)."""
+        if routed is not None:
+            self._reject(w, last.batch, last.checks)
+            return
         if last.own_failed(w.request.fact_key) and self.cfg.retry.effort > 1:
             last = self.attempt_repaired([w], "more_effort", of=last,
                                          editor=self.retry.effort())
@@ -326,8 +339,9 @@ class Scheduler:
             return None, Verdict([GateCheck("finite", 0.0, 1.0, False)])
         saved = patch.checkpoint(self.lm.model)
         patch.apply(self.lm.model)
-        verdict = check(self.lm, probes, parent, self.cfg.gates, self.base_ppl, self.reference,
-                        patch.checked_tensors(self.lm.model), base_general=self.base_general)
+        verdict = check(self.lm, probes, parent, self.cfg.gates, self.gate.perplexity,
+                        self.gate.text, patch.checked_tensors(self.lm.model),
+                        base_general=self.gate.general)
         if not verdict.passed:
             patch.restore(self.lm.model, saved)
         return patch, verdict
@@ -349,7 +363,7 @@ class Scheduler:
             self.project, self.lm, self.ledger, self.snapshots, self.objects,
             head=self.head, serial=self.serial, applied=self.applied, kb=kb,
             pending=self.pending, patch=patch, editor=editor, checks=checks,
-            run_id=self.run_id, batch_no=self.batch_no, batch=batch)
+            run_id=self.run_id, batch_no=self.batch_no, batch=batch, gate_base=self.gate.snapshot)
         for w in batch:
             (self.result.repaired if w.repair else self.result.applied).append(w.request.fact_key)
         self.applied, self.head, self.serial = kb, snapshot, manifest.serial
@@ -357,8 +371,16 @@ class Scheduler:
         self.result.snapshot = snapshot
         self.emit({"type": "commit", "snapshot": snapshot, "serial": manifest.serial,
                    "edits": len(batch)})
-        if checks:
-            self._capacity(len(kb.facts), checks)
+        if checks:      # the budget is spent from the reference on (a rebase resets it)
+            self._capacity(max(len(kb.facts) - self.gate.facts, 0), checks)
+
+    def _spent_at_head(self) -> bool:
+        """Whether HEAD's own gates (measured against the reference in force) leave a
+        budget of kbsync.yaml's nearly spent. A rebase or a rollback has no gates: not
+        spent."""
+        if self.head is None or self.head == self.gate.snapshot:
+            return False
+        return capacity(0, recorded(self.snapshots.read(self.head).gates, self.cfg.gates)).spent
 
     def _capacity(self, facts: int, checks: list[GateCheck]) -> None:
         """The budget left after a commit (evaluate.capacity); its first warning of the run
@@ -367,6 +389,7 @@ class Scheduler:
         cap = capacity(facts, {c.metric: (c.value, c.threshold) for c in checks},
                        pending=max(len(self.work) - done, 0)).to_dict()
         self.emit({"type": "capacity", **cap})
+        self.spent = cap["spent"]
         if cap["warn"] and not self._warned:
             self._warned = True
             self.ledger.event(self.run_id, "capacity_warning", **cap)

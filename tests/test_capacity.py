@@ -29,7 +29,7 @@ def test_warns_before_the_wall(drift, pending, warn):
     cap = capacity(100, {"ppl_drift": (drift, 0.1)}, pending=pending)
     assert cap.warn is warn
     if warn:
-        assert cap.to_dict()["advice"] == ADVICE and "kbsync export" in ADVICE
+        assert cap.to_dict()["advice"] == ADVICE and "kbsync rebase" in ADVICE
 
 
 def test_no_projection_without_spend():
@@ -42,7 +42,7 @@ def test_the_cli_line_says_what_is_spent_and_what_to_do():
     line = capacity_warning(capacity(100, {"ppl_drift": (0.095, 0.1)}, pending=7).to_dict())
     assert line.startswith("warning: capacity: ppl_drift 0.095 of 0.1 spent")
     assert "about 5 more fact(s)" in line and "7 still to edit" in line
-    assert "kbsync export" in line and "grace" in line
+    assert "kbsync rebase" in line and "grace" in line
 
 
 def test_apply_reports_the_budget_and_warns_once(tmp_path, tiny_llama_dir, monkeypatch):
@@ -57,7 +57,7 @@ def test_apply_reports_the_budget_and_warns_once(tmp_path, tiny_llama_dir, monke
     project = make_project(tmp_path / "proj", tiny_llama_dir, batch_size=2)
     result = cli(project, "apply", "--auto-approve")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.count("warning: capacity:") == 1 and "kbsync export" in result.stderr
+    assert result.stderr.count("warning: capacity:") == 1 and "kbsync rebase" in result.stderr
 
     with Ledger(project.kbsync_dir / "ledger.db") as ledger:
         warnings = [e["detail"] for e in ledger.rows("events") if e["kind"] == "capacity_warning"]

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from kbsync import __version__
 from kbsync.cli.main import main
-from kbsync.config import Config, Gates, load_config, render_config
+from kbsync.config import Config, Gates, Retry, load_config, render_config
 from kbsync.errors import ConfigError, KbsyncError
 from kbsync.facts import load_knowledge_base
 from kbsync.plan.plan import Plan
-from kbsync.project import compute_plan, find_project, init_project
+from kbsync.project import compute_plan, default_fallback, find_project, init_project
 
 from kbsync.facts.load import load_knowledge_base as _load
 from kbsync.project import demo_facts_dir
@@ -48,7 +48,8 @@ def demo_kb(repo_root: Path):
 def test_init_creates_a_project(project, repo_root):
     assert (project / "kbsync.yaml").is_file() and (project / ".kbsync").is_dir()
     assert load_knowledge_base(project / "facts") == demo_kb(repo_root)
-    assert load_config(project / "kbsync.yaml") == Config()
+    # Config()'s defaults, but a side memory takes the facts past the capacity wall
+    assert load_config(project / "kbsync.yaml") == Config(retry=Retry(fallback_editor="grace"))
 
 
 def test_init_records_model_and_editor(tmp_path):
@@ -57,7 +58,14 @@ def test_init_records_model_and_editor(tmp_path):
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "p" / "kbsync.yaml")
     assert config.model == str((tmp_path / "models" / "tiny").resolve())
-    assert config.editor == "memit"
+    assert config.editor == "memit" and config.retry.fallback_editor == "grace"
+
+
+@pytest.mark.parametrize("editor, fallback", [("alphaedit", "grace"), ("ultraedit", "grace"),
+                                               ("grace", None), ("wise", None), ("case", None),
+                                               ("no-such-editor", None)])
+def test_init_names_a_side_memory_fallback_for_weight_editors(editor, fallback):
+    assert default_fallback(editor) == fallback
 
 
 def test_init_refuses_an_existing_project(project):

@@ -127,7 +127,7 @@ def test_report_shows_the_capacity_budget_of_the_last_gated_snapshot(applied, mo
     assert 'id="capacity-warning"' not in write_report(applied).read_text(encoding="utf-8")
     monkeypatch.setattr(capacity_module, "WARN_SHARE", 1.01)       # any budget is low
     text = write_report(applied).read_text(encoding="utf-8")
-    assert 'id="capacity-warning"' in text and "kbsync export" in text
+    assert 'id="capacity-warning"' in text and "kbsync rebase" in text
 
 
 def test_relative_norms_are_those_of_the_rebuilt_model(applied):

@@ -3,7 +3,7 @@
     options.py   what every command shares: Env (-C), --json, handle_errors (exit codes)
     printers.py  printers more than one command uses (plan lines, progress, apply events)
     project.py   init, plan, gc          model.py   apply, log, show, audit, ask, rollback,
-    sync.py      watch, refresh                     export, editors, ledger, model
+    sync.py      watch, refresh                     rebase, export, editors, ledger, model
     report.py    report                  bench.py   bench quality / speed
     main.py      the `kbsync` group, every command registered explicitly (COMMANDS)
 

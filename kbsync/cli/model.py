@@ -1,5 +1,5 @@
 """Commands that touch the model or the store: apply, log, show, audit, ask, rollback,
-export, editors, ledger, model. Registered on the `kbsync` group from cli.py; each one
+rebase, export, editors, ledger, model. Registered on the `kbsync` group from cli.py; each one
 calls a library function and prints what it returns."""
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def log(env: Env, limit: int | None, as_json: bool) -> None:
         elif entry["kind"] == "snapshot":
             mark = " (HEAD)" if entry["head"] else ""
             extra = f" rollback of {entry['rollback_of'][:12]}" if entry["rollback_of"] else ""
+            extra += f" rebase on {entry['rebase_of'][:12]}" if entry["rebase_of"] else ""
             click.echo(f"snapshot {entry['short']:<{width}}  serial {entry['serial']}  "
                        f"{entry['created_at']}  {human_bytes(entry['bytes']):>8}{mark}{extra}")
         else:
@@ -184,6 +185,29 @@ def rollback(env: Env, ref: str, lock_timeout: float, as_json: bool) -> None:
     result = run_rollback(env.project(), ref, lock_timeout=lock_timeout)
     echo_json(result) if as_json else click.echo(
         f"HEAD is now {result['snapshot'][:12]}, the state of {result['rollback_of'][:12]}")
+
+
+@click.command()
+@click.option("--lock-timeout", default=0.0, show_default=True, metavar="S")
+@json_option
+@pass_env
+@handle_errors
+def rebase(env: Env, lock_timeout: float, as_json: bool) -> None:
+    """Make HEAD the model the drift and general-knowledge gates measure against."""
+    from kbsync.rebase import rebase as run_rebase
+
+    result = run_rebase(env.project(), lock_timeout=lock_timeout)
+    if as_json:
+        echo_json(result)
+    elif not result["changed"]:
+        click.echo(f"nothing edited since the reference in force; HEAD stays "
+                   f"{result['snapshot'][:12]}")
+    else:
+        click.echo(f"HEAD is now {result['snapshot'][:12]}, a rebase on "
+                   f"{result['rebase_of'][:12]} ({result['facts']} facts): the gates measure "
+                   f"against it; it had spent perplexity drift {result['ppl_drift']:+.3f} and kept "
+                   f"{result['general_knowledge']:.0%} of the general knowledge "
+                   f"(drift against the base model {result['ppl_drift_from_base']:+.3f})")
 
 
 @click.command()

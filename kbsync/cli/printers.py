@@ -106,7 +106,7 @@ def event_printer(as_json: bool):
     """Events as JSON lines on stdout, or short human lines and one progress bar (over
     the edits of the whole run, retries included, with its ETA) on stderr; the lines are
     written above the bar, so it stays one bar. Under `kbsync --quiet` only rejections,
-    recovered runs and the capacity warning are printed."""
+    recovered runs, the capacity warning and the switch to the fallback editor are printed."""
     from kbsync.output import progress_enabled
 
     bar = refresh_bar = None
@@ -132,6 +132,9 @@ def event_printer(as_json: bool):
         elif kind == "capacity" and event["warn"] and not warned:
             warned = True               # once a run: it is in the ledger too
             say(capacity_warning(event))
+        elif kind == "past_the_wall":
+            say(f"capacity nearly spent: the next batches go to the fallback editor "
+                f"{event['editor']} (retry.fallback_editor) until `kbsync rebase`")
         if quiet:
             return
         if kind == "progress" and event.get("phase") == "refresh":

@@ -24,7 +24,7 @@ from typing import Any
 from kbsync.errors import KbsyncError
 from kbsync.evaluate.capacity import capacity
 from kbsync.store.canonical import nonfinite_as_text, utc_now
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.snapshots import REBASE, Manifest, SnapshotStore
 
 # statuses counted per run, in the order the report shows them
 COUNTED = ("applied", "rejected", "known", "skipped")
@@ -45,6 +45,7 @@ class SnapshotRecord:
     at: str                                   # when the ledger recorded the commit
     parent: str | None = None
     rollback_of: str | None = None
+    rebase: bool = False                      # a rebase (kbsync/rebase.py): the gates' new reference
     patch: str | None = None
     batch: int | None = None
     edits: int = 0                            # facts this snapshot's batch edited
@@ -144,6 +145,7 @@ def _snapshot_records(rows: list[dict], store: SnapshotStore, gate_rows: list[di
             continue
         manifests[sid] = manifest
         snap.patch = manifest.patch
+        snap.rebase = REBASE in manifest.meta
         snap.batch = manifest.meta.get("batch")
         snap.edits = len(manifest.meta.get("edits", []))
         if not manifest.gates:
@@ -164,8 +166,10 @@ def _snapshot_records(rows: list[dict], store: SnapshotStore, gate_rows: list[di
 
 def _capacity(snapshots: list[SnapshotRecord]) -> dict | None:
     """The budget after the last gated snapshot; facts = the edits of the gated snapshots
-    up to it (a rollback's are counted too: the figure is an estimate)."""
-    gated = [s for s in snapshots if s.gates]
+    up to it since the last rebase, which the gates measure from (a rollback's are counted
+    too: the figure is an estimate)."""
+    last = max((i for i, s in enumerate(snapshots) if s.rebase), default=-1)
+    gated = [s for s in snapshots[last + 1:] if s.gates]
     if not gated:
         return None
     gates = {m: (g.value, g.threshold) for m, g in gated[-1].gates.items()

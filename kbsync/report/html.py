@@ -142,7 +142,7 @@ def norms_table(data: ReportData) -> str:
 
 
 def _snapshot_row(snap: SnapshotRecord, metrics: list[str], head: str | None) -> str:
-    mark = " <b>HEAD</b>" if snap.id == head else ""
+    mark = (" <b>HEAD</b>" if snap.id == head else "") + (" rebase" if snap.rebase else "")
     cells = [
         f"<td>{snap.serial}</td>",
         f'<td class="l" title="{esc(snap.id)} (run {esc(snap.run_id)})"><code>'

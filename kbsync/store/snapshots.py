@@ -42,6 +42,11 @@ format-1 manifest keeps its id and reads as before):
 - `editor_checkpoint`: the editor's folded memory at this snapshot, likewise.
 Both checkpoints are caches of what replaying gives, bit for bit (kbsync.editing.rebuild
 makes and checks them); a manifest without them rebuilds by replaying.
+
+A rebase (kbsync/rebase.py) is a snapshot with `patch` = None, HEAD's facts, a weights
+checkpoint and `meta.rebase`: the model is unchanged, but from it on the cumulative gates
+measure against it instead of the base model (`gate_base`). Rolling back past it brings
+the original base back as the reference, since the rebase is no longer on the lineage.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ MIN_PREFIX = 6
 FORMAT_VERSION = 2
 # added in format 2; left out of the canonical form while None (format-1 ids unchanged)
 OPTIONAL_FIELDS = ("facts_base", "checkpoint", "editor_checkpoint")
+# meta keys: a rebase snapshot's record (kbsync/rebase.py); the gate base a commit used
+REBASE, GATE_BASE = "rebase", "gate_base"
 
 
 class Manifest(BaseModel):
@@ -207,6 +214,21 @@ class SnapshotStore:
         for manifest in reversed(self.chain(snapshot_id)):
             if manifest.editor_state is not None:
                 return manifest.editor_state
+        return None
+
+    def gate_base(self, snapshot_id: str | None) -> str | None:
+        """The snapshot whose model the cumulative gates (perplexity drift, general
+        knowledge) of a batch on `snapshot_id` measure against: the nearest rebase on its
+        lineage (kbsync/rebase.py), or None for the base model. A commit records it
+        (`meta.gate_base`), so the walk stops at the first manifest; older manifests
+        without it are walked past."""
+        if snapshot_id is None:
+            return None
+        for sid, manifest in self.ancestors(snapshot_id):
+            if REBASE in manifest.meta:
+                return sid
+            if GATE_BASE in manifest.meta:
+                return manifest.meta[GATE_BASE]
         return None
 
     def added_bytes(self, snapshot_id: str, known: dict[str, Manifest] | None = None
