@@ -178,3 +178,16 @@ def test_a_rebase_gives_the_budget_back_to_the_editor(applied):
     result = apply(project)
     assert events(project, "past_the_wall") == []
     assert SnapshotStore(project.kbsync_dir).read(result.snapshot).editor == "memit"
+
+
+def test_a_fallback_that_does_not_fit_the_model_is_a_config_error(tmp_path, tiny_llama_dir):
+    from kbproject import make_project
+    from kbsync.errors import ConfigError
+    from kbsync.retry import RetryEditors
+
+    # GRACE's Llama default is layer 27; the tiny Llama has 4
+    project = make_project(tmp_path / "proj", tiny_llama_dir, retry={"fallback_editor": "grace"})
+    lm, editor = load_at(project, None)
+    with pytest.raises(ConfigError, match="retry.fallback_editor grace: layers") as err:
+        RetryEditors(project, lm, editor).fallback(None)
+    assert "retry.fallback_hparams" in err.value.hint
