@@ -9,9 +9,12 @@ accept the model at HEAD as the new reference, as one would re-base on an export
 HEAD: the budget starts again from it, and what was spent is kept on record.
 
 A rebase is a snapshot (kbsync.store.snapshots, module doc): `patch` None, HEAD's facts,
-a weights checkpoint of every matrix the chain changed (the "exported HEAD", inside the
-content-addressed store: no second copy of the model, and the base model stays what
-every older snapshot rebuilds from), and `meta.rebase` with the drift it accepted.
+and `meta.rebase` with the drift it accepted; a manifest, nothing more. Rather than an
+exported copy of HEAD made the project's model, the reference is named by its snapshot:
+the base model stays what every snapshot, older or newer, rebuilds from, and the store
+holds no second copy of the edited layers (a forced checkpoint of them cost 23.8 MB on
+the default model after 980 facts, more than the 980 facts' own 21 MB; the regular
+checkpoints, every `checkpoint_every` patches, keep its rebuild cheap).
 History is kept: `log` shows it, a rollback past it gives the original reference back,
 and `show` tells what was spent at the rebase against the base model.
 
@@ -29,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from kbsync.editing.rebuild import checkpoint_of, load_at
+from kbsync.editing.rebuild import load_at
 from kbsync.errors import KbsyncError
 from kbsync.evaluate.drift import GATE_PASSAGES, base_perplexity, reference_text
 from kbsync.evaluate.gates import general_knowledge
@@ -108,8 +111,7 @@ def rebase(project, *, lock_timeout: float = 0) -> dict:
                 return Manifest(
                     parent=head, serial=old.serial + 1, base_model=old.base_model,
                     editor=old.editor, hparams=old.hparams, patch=None, facts=old.facts,
-                    facts_base=old.facts_base, facts_hash=old.facts_hash,
-                    checkpoint=checkpoint_of(project, lm, head), run_id=run_id,
+                    facts_base=old.facts_base, facts_hash=old.facts_hash, run_id=run_id,
                     ledger_head=ledger_head, meta={REBASE: record})
 
             sid = commit_run_snapshot(project, snapshots, ledger, "rebase", manifest,

@@ -42,7 +42,7 @@ def test_rebase_commits_head_as_the_gates_reference(applied):
     sid = head(applied)
     assert sid == result["snapshot"] != before
     made = store.read(sid)
-    assert made.parent == before and made.patch is None and made.checkpoint is not None
+    assert made.parent == before and made.patch is None and made.checkpoint is None
     assert made.facts == store.read(before).facts and made.meta[REBASE]["facts"] == len(FACTS)
     # what it accepted is what the drift gate of HEAD's batch measured (same model, text)
     assert result["ppl_drift"] == pytest.approx(gate_value(store, before), abs=1e-6)
@@ -55,7 +55,7 @@ def test_rebase_commits_head_as_the_gates_reference(applied):
     assert next(e for e in log(applied) if e["kind"] == "snapshot")["rebase_of"] == before
     assert audit_verify(applied) == []
     assert store.gate_base(sid) == sid
-    # through its checkpoint = replaying the chain, bit for bit
+    # through the chain's checkpoints = replaying it, bit for bit
     fast, _ = load_at(applied, sid, with_editor=False)
     slow, _ = load_at(applied, sid, with_editor=False, checkpoints=False)
     assert all(torch.equal(a, b) for a, b in zip(fast.model.state_dict().values(),

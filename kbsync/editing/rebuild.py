@@ -161,17 +161,6 @@ def consolidate(project, lm, parent_id: str | None, patch_id: str | None) -> dic
     return fields
 
 
-def checkpoint_of(project, lm, snapshot_id: str) -> str | None:
-    """A weights checkpoint of `lm`, which holds the model at `snapshot_id`: every matrix
-    the chain changed, and the side memories (a rebase's, kbsync/rebase.py); None where
-    the chain changed nothing."""
-    snapshots = project.snapshots()
-    layers = _chain_layers(snapshots, snapshot_id, {})
-    if not layers and not memory_tensors(lm.model):
-        return None
-    return _put_weights(snapshots.objects, lm.model, layers)
-
-
 def _put_editor(snapshots, editor, parent_id, patch_id, known) -> str:
     """The editor's memory at the new snapshot, folded from the stored patches as `replay`
     folds it (not taken from the live editor: module doc)."""

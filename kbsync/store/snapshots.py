@@ -43,8 +43,8 @@ format-1 manifest keeps its id and reads as before):
 Both checkpoints are caches of what replaying gives, bit for bit (kbsync.editing.rebuild
 makes and checks them); a manifest without them rebuilds by replaying.
 
-A rebase (kbsync/rebase.py) is a snapshot with `patch` = None, HEAD's facts, a weights
-checkpoint and `meta.rebase`: the model is unchanged, but from it on the cumulative gates
+A rebase (kbsync/rebase.py) is a snapshot with `patch` = None, HEAD's facts and
+`meta.rebase`: the model is unchanged, but from it on the cumulative gates
 measure against it instead of the base model (`gate_base`). Rolling back past it brings
 the original base back as the reference, since the rebase is no longer on the lineage.
 """
