@@ -16,8 +16,9 @@ from kbsync.evaluate.gates import GateCheck
 from kbsync.facts.schema import Fact, KnowledgeBase
 from kbsync.recovery import record_committed
 from kbsync.store.ledger import Ledger
+from kbsync.store.manifest import GATE_BASE, Manifest
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import GATE_BASE, Manifest, SnapshotStore
+from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import write_applied_state
 from kbsync.triage import Work
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from kbsync.errors import IntegrityError, KbsyncError
 from kbsync.store.anchor import ANCHOR_SUFFIX
 from kbsync.store.lock import ProjectLock
+from kbsync.store.manifest import REBASE
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import MIN_PREFIX, REBASE, SnapshotStore
+from kbsync.store.snapshots import MIN_PREFIX, SnapshotStore
 
 
 def committed(snapshots: SnapshotStore) -> list[tuple]:

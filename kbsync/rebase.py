@@ -41,7 +41,8 @@ from kbsync.evaluate.probes import general_prompts
 from kbsync.history import commit_run_snapshot
 from kbsync.lm.score import perplexity
 from kbsync.store.lock import ProjectLock
-from kbsync.store.snapshots import REBASE, Manifest, SnapshotStore
+from kbsync.store.manifest import REBASE, Manifest
+from kbsync.store.snapshots import SnapshotStore
 
 
 @dataclass(frozen=True)

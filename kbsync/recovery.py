@@ -19,7 +19,8 @@ from collections.abc import Callable
 from kbsync.errors import IntegrityError
 from kbsync.plan.plan import Plan
 from kbsync.store.ledger import Ledger
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.manifest import Manifest
+from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import AppliedState
 
 

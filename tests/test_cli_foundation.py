@@ -116,7 +116,8 @@ def test_detailed_exitcode(project, repo_root):
 
 def commit_as_applied(project: Path, kb) -> None:
     """Make `kb` the applied state through the store's own API."""
-    from kbsync.store.snapshots import Manifest, SnapshotStore
+    from kbsync.store.manifest import Manifest
+    from kbsync.store.snapshots import SnapshotStore
 
     store = SnapshotStore(project / ".kbsync")
     facts = store.objects.put_text(kb.to_json())

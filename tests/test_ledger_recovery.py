@@ -14,7 +14,8 @@ import kbsync.recovery as recovery
 from kbsync.history import audit_verify
 from kbsync.project import Project
 from kbsync.store.ledger import Ledger
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.manifest import Manifest
+from kbsync.store.snapshots import SnapshotStore
 
 
 def _commit(project: Project, run_id: str | None, parent: str | None = None) -> str:

@@ -22,7 +22,8 @@ from kbsync.project import Project
 from kbsync.rebase import rebase
 from kbsync.report.data import read_report_data
 from kbsync.store.ledger import Ledger
-from kbsync.store.snapshots import REBASE, SnapshotStore
+from kbsync.store.manifest import REBASE
+from kbsync.store.snapshots import SnapshotStore
 
 
 def ppl_at(project: Project, snapshot: str | None) -> float:

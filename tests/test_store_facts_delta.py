@@ -12,7 +12,8 @@ from kbsync.errors import IntegrityError
 from kbsync.facts.schema import Fact, KnowledgeBase, Relation
 from kbsync.store import facts_delta
 from kbsync.store.gc import collect, find_garbage
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.manifest import Manifest
+from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import read_applied_state, write_applied_state
 
 REL = Relation(id="P1", label="river", templates=["The river {subject}"])

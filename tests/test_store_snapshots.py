@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kbsync.errors import IntegrityError, KbsyncError
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.manifest import Manifest
+from kbsync.store.snapshots import SnapshotStore
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import types
 
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.manifest import Manifest
+from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import AppliedState, read_applied_state
 
 

@@ -45,7 +45,8 @@ def _tokens(tokenizer, texts: list[str]) -> int:
 
 def _commit(store: Path, patch, serial: int, parent: str | None, lm, editor) -> str:
     from kbsync.store.objects import ObjectStore
-    from kbsync.store.snapshots import Manifest, SnapshotStore
+    from kbsync.store.manifest import Manifest
+    from kbsync.store.snapshots import SnapshotStore
 
     objects, snapshots = ObjectStore(store), SnapshotStore(store)
     manifest = Manifest(parent=parent, serial=serial, base_model=lm.fingerprint,

@@ -24,7 +24,8 @@ from typing import Any
 from kbsync.errors import KbsyncError
 from kbsync.evaluate.capacity import capacity
 from kbsync.store.canonical import nonfinite_as_text, utc_now
-from kbsync.store.snapshots import REBASE, Manifest, SnapshotStore
+from kbsync.store.manifest import REBASE, Manifest
+from kbsync.store.snapshots import SnapshotStore
 
 # statuses counted per run, in the order the report shows them
 COUNTED = ("applied", "rejected", "known", "skipped")

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbsync.errors import IntegrityError, ModelError
+from kbsync.store.manifest import Manifest
 from kbsync.store.objects import ObjectStore
-from kbsync.store.snapshots import Manifest, SnapshotStore
+from kbsync.store.snapshots import SnapshotStore
 
 if TYPE_CHECKING:
     import torch

@@ -2,7 +2,8 @@
 
     .kbsync/
       objects/ab/cdef...   content-addressed, read-only blobs (objects.ObjectStore)
-      snapshots/<id>.json  manifests, id = sha256 of the file (snapshots.SnapshotStore)
+      snapshots/<id>.json  manifests (manifest.Manifest), id = sha256 of the file
+                           (snapshots.SnapshotStore)
       HEAD                 the current snapshot id; replacing it is the commit point
       ledger.db            append-only, hash-chained SQLite record (ledger.Ledger)
       ledger.anchor        the ledger's head, outside it: rows cut off its end show
@@ -21,7 +22,7 @@ from typing import Any
 _EXPORTS = {
     "atomic_write_bytes": "atomic", "atomic_write_text": "atomic",
     "ObjectStore": "objects",
-    "Manifest": "snapshots", "SnapshotStore": "snapshots",
+    "Manifest": "manifest", "SnapshotStore": "snapshots",
     "AppliedState": "state", "read_applied_state": "state",
     "Ledger": "ledger",
     "ProjectLock": "lock", "read_lock_info": "lock",
