@@ -110,7 +110,7 @@ DEFAULT_FALLBACK = "grace"
 
 def default_fallback(editor: str) -> str | None:
     """The fallback editor `kbsync init` names: a side memory for a weight editor, which
-    takes the facts past the wall (scheduler._past_the_wall), where perplexity drift
+    takes the facts past the wall (kbsync/wall.py), where perplexity drift
     rejects the weight editor's; GRACE, because it spends no drift and costs 0.4 s and
     8 KB an edit on the default model (benchmarks/RESULTS.md, zsRE table). None for a
     side-memory editor, which needs none."""

@@ -76,12 +76,14 @@ def gate_reference(project, lm, head: str | None, margin: float) -> GateReferenc
 
 
 def _measured(fingerprint: str, sid: str | None, text: list[str], model: Callable,
-              margin: float) -> tuple[float, torch.Tensor]:
+              margin: float, known_ppl: float | None = None) -> tuple[float, torch.Tensor]:
     """(perplexity on `text`, general top-1) of the model at `sid`, from the disk cache
-    (kbsync.evaluate.drift / general) or measured on `model()`."""
+    (kbsync.evaluate.drift / general) or measured on `model()` (the perplexity taken
+    from `known_ppl` when it was measured already)."""
     key = fingerprint if sid is None else f"{fingerprint}@{sid[:16]}"
     prompts = general_prompts()
-    ppl = base_perplexity(key, text, lambda: perplexity(model(), text))
+    ppl = base_perplexity(key, text, lambda: known_ppl if known_ppl is not None
+                          else perplexity(model(), text))
     general = base_top1(key, prompts, lambda: top1(model(), prompts, margin), margin)
     return ppl, general
 
@@ -105,7 +107,7 @@ def rebase(project, *, lock_timeout: float = 0) -> dict:
             if not _edited_since(snapshots, head, previous):
                 return {"snapshot": head, "rebase_of": None, "previous": previous,
                         "changed": False}
-            record, lm = _measure_head(project, head, previous)
+            record, lm, ppl = _measure_head(project, head, previous)
             old = snapshots.read(head)
 
             def manifest(run_id: str, ledger_head: str | None) -> Manifest:
@@ -119,7 +121,7 @@ def rebase(project, *, lock_timeout: float = 0) -> dict:
                                       previous=head, event=record)
     # warm the cache: the next apply measures against this model without loading it
     _measured(lm.fingerprint, sid, reference_text(GATE_PASSAGES), lambda: lm,
-              project.config.gates.general_knowledge_margin)
+              project.config.gates.general_knowledge_margin, known_ppl=ppl)
     return {"snapshot": sid, "rebase_of": head, "changed": True, **record}
 
 
@@ -133,9 +135,10 @@ def _edited_since(snapshots: SnapshotStore, head: str, reference: str | None) ->
     return False
 
 
-def _measure_head(project, head: str, previous: str | None) -> tuple[dict, object]:
-    """(meta.rebase, lm at HEAD): what HEAD spent against the reference it replaces and
-    against the base model, measured as the drift gate measures."""
+def _measure_head(project, head: str, previous: str | None) -> tuple[dict, object, float]:
+    """(meta.rebase, lm at HEAD, its perplexity on the reference text): what HEAD spent
+    against the reference it replaces and against the base model, measured as the drift
+    gate measures."""
     from kbsync.store.state import read_applied_state
 
     lm, _ = load_at(project, head, with_editor=False)
@@ -150,4 +153,4 @@ def _measure_head(project, head: str, previous: str | None) -> tuple[dict, objec
     facts = len(read_applied_state(project.kbsync_dir).kb.facts)
     return {"of": head, "previous": previous, "facts": facts,
             "ppl_drift": ppl / replaced.perplexity - 1.0, "general_knowledge": kept,
-            "ppl_drift_from_base": ppl / base_ppl - 1.0}, lm
+            "ppl_drift_from_base": ppl / base_ppl - 1.0}, lm, ppl

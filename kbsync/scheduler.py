@@ -15,7 +15,7 @@ no single edit owns); each dropped edit is retried alone with more effort
 named, and only then rejected. Every attempt is its own batch number in the ledger, with a
 `batch_retry` event saying which batch it retries and why. Past the wall (a cumulative
 gate's budget nearly spent) the batches go to the fallback editor from the start
-(`_past_the_wall`, a `past_the_wall` event) until a rebase restores the budget.
+(kbsync/wall.py, a `past_the_wall` event) until a rebase restores the budget.
 
 Each committed batch is its own snapshot (kbsync/commit.py: HEAD moves only by `set_head`
 after the patch and the manifest are on disk, so a kill at any point leaves HEAD at a
@@ -35,7 +35,6 @@ from kbsync.commit import commit_batch, next_applied
 from kbsync.editing.rebuild import load_at
 from kbsync.editing.patch import stored_precision
 from kbsync.errors import EditorError, GateFailed, KbsyncError
-from kbsync.evaluate.capacity import capacity, recorded
 from kbsync.evaluate.gates import GateCheck, Probes, Verdict, check, parent_reference
 from kbsync.evaluate.probes import GENERAL_PROMPTS, general_prompts
 from kbsync.facts.schema import Fact, KnowledgeBase
@@ -48,6 +47,7 @@ from kbsync.store.objects import ObjectStore
 from kbsync.store.snapshots import SnapshotStore
 from kbsync.store.state import read_applied_state
 from kbsync.triage import Work, repair_work, triage
+from kbsync.wall import RunCapacity
 
 Emit = Callable[[dict], None]
 UNRELATED_SAMPLE = 20
@@ -104,9 +104,6 @@ class Scheduler:
         self.pending: dict[str, Fact | None] = {}   # applied-state changes not yet committed
         self.editor_calls = 0       # every edit attempted, retries included
         self.tries = 0              # attempts of the batch in hand
-        self._warned = False        # the capacity warning goes to the ledger once a run
-        self.spent = False          # a cumulative gate's budget is nearly spent (capacity)
-        self._routed = False        # past_the_wall recorded (once a run)
 
     # -- setup ------------------------------------------------------------------------
     def run(self) -> ApplyResult:
@@ -126,7 +123,8 @@ class Scheduler:
             # the cumulative gates' reference: the base model, or the last rebase
             self.gate = gate_reference(self.project, self.lm, self.head,
                                        self.cfg.gates.general_knowledge_margin)
-            self.spent = self._spent_at_head()
+            self.capacity = RunCapacity(self.cfg.gates, self.ledger, self.emit, self.run_id)
+            self.capacity.at_head(self.snapshots, self.head, self.gate.snapshot)
             work = self.work = self.defer(self.classify())
             size = self.cfg.batch_size or self.editor.default_batch_size
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
@@ -222,7 +220,7 @@ class Scheduler:
         edited the whole batch again at every level of its tree (issue 22)."""
         if self.stop():               # a batch boundary: nothing of this batch is done yet
             raise RunAbandoned(self.run_id)
-        routed = self._past_the_wall()
+        routed = self.capacity.past_the_wall(lambda: self.retry.fallback(self.head))
         first = self.attempt_repaired(batch, "batch" if routed is None else "past_the_wall",
                                       editor=routed)
         if first.passed:
@@ -241,23 +239,6 @@ class Scheduler:
                 self._retry_alone(w, alone, routed)
         for w in dropped:
             self._retry_alone(w, first, routed)
-
-    def _past_the_wall(self):
-        """The fallback editor once a cumulative gate's budget is nearly spent (at HEAD
-        or after a commit of this run: evaluate.capacity), if kbsync.yaml names one;
-        else None (the run's editor). Past the wall every batch of the weight editor
-        fails `ppl_drift` and is retried edit by edit before the fallback gets it, about
-        40 s a fact on the default model (benchmarks/RESULTS.md, "apply_scale at N =
-        1,000"); a side memory such as GRACE spends no drift. A rebase restores the
-        budget, and the run's editor with it."""
-        if not self.spent:
-            return None
-        fallback = self.retry.fallback(self.head)
-        if fallback is not None and not self._routed:
-            self._routed = True
-            self.ledger.event(self.run_id, "past_the_wall", editor=fallback.name)
-            self.emit({"type": "past_the_wall", "editor": fallback.name})
-        return fallback
 
     def attempt_repaired(self, batch: list[Work], strategy: str, *, of: Attempt | None = None,
                          editor=None) -> Attempt:
@@ -372,27 +353,9 @@ class Scheduler:
         self.emit({"type": "commit", "snapshot": snapshot, "serial": manifest.serial,
                    "edits": len(batch)})
         if checks:      # the budget is spent from the reference on (a rebase resets it)
-            self._capacity(max(len(kb.facts) - self.gate.facts, 0), checks)
-
-    def _spent_at_head(self) -> bool:
-        """Whether HEAD's own gates (measured against the reference in force) leave a
-        budget of kbsync.yaml's nearly spent. A rebase or a rollback has no gates: not
-        spent."""
-        if self.head is None or self.head == self.gate.snapshot:
-            return False
-        return capacity(0, recorded(self.snapshots.read(self.head).gates, self.cfg.gates)).spent
-
-    def _capacity(self, facts: int, checks: list[GateCheck]) -> None:
-        """The budget left after a commit (evaluate.capacity); its first warning of the run
-        also goes to the ledger, after the commit's rows."""
-        done = len(self.result.applied) + len(self.result.rejected)
-        cap = capacity(facts, {c.metric: (c.value, c.threshold) for c in checks},
-                       pending=max(len(self.work) - done, 0)).to_dict()
-        self.emit({"type": "capacity", **cap})
-        self.spent = cap["spent"]
-        if cap["warn"] and not self._warned:
-            self._warned = True
-            self.ledger.event(self.run_id, "capacity_warning", **cap)
+            done = len(self.result.applied) + len(self.result.rejected)
+            self.capacity.committed(max(len(kb.facts) - self.gate.facts, 0), checks,
+                                    pending=max(len(self.work) - done, 0))
 
     def _next_applied(self) -> KnowledgeBase:
         return next_applied(self.applied, self.pending, self.desired.relations)

@@ -42,7 +42,7 @@ LAYER_OF = {
     "kbsync.apply": "run", "kbsync.scheduler": "run", "kbsync.sync": "run", "kbsync.bench": "run",
     "kbsync.report": "run", "kbsync.history": "run", "kbsync.recovery": "run",
     "kbsync.retry": "run", "kbsync.triage": "run", "kbsync.commit": "run",
-    "kbsync.rebase": "run",
+    "kbsync.rebase": "run", "kbsync.wall": "run",
     "kbsync.project": "run", "kbsync.testing": "run",
     "kbsync.cli": "cli", "kbsync.__main__": "cli",
     "kbsync": "root",                 # the package's __init__: the public facade

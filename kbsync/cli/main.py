@@ -44,7 +44,8 @@ def main(ctx: click.Context, directories: tuple[Path, ...], quiet: bool, verbose
 
 COMMANDS: list[click.Command] = [
     project.init, project.plan, model.apply, model.log, model.show, model.audit, model.ask,
-    model.rollback, model.rebase, model.export, model.editors, model.ledger, model.model, project.gc,
+    model.rollback, model.rebase, model.export, model.editors, model.ledger, model.model,
+    project.gc,
     sync.watch_command, sync.refresh_command, report.report, bench.bench,
 ]
 for _command in COMMANDS:

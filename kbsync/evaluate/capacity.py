@@ -2,10 +2,11 @@
 how many more facts fit at the rate so far.
 
 Two gates measure damage against the BASE model (or the last rebase: kbsync/rebase.py),
-so their value grows with the facts committed since: `ppl_drift` (spent = drift, budget = ppl_drift_max) and `general_knowledge`
-(spent = 1 - share kept, budget = 1 - its minimum). Both start at 0 spent at the base, so
-the rate is linear through the origin: spent / facts so far. The projection is rough (drift
-grows faster near the wall, issue 22) and errs late, hence the warning margin.
+so their value grows with the facts committed since: `ppl_drift` (spent = drift, budget =
+ppl_drift_max) and `general_knowledge` (spent = 1 - share kept, budget = 1 - its minimum).
+Both start at 0 spent at the reference, so the rate is linear through the origin: spent /
+facts so far. The projection is rough (drift grows faster near the wall, issue 22) and
+errs late, hence the warning margin.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ def capacity(facts: int, gates: dict[str, tuple[float, float]], pending: int = 0
             left = max(math.floor((budget - spent) / (spent / facts) + 1e-9), 0)
         budgets.append(Budget(metric, spent, budget, left))
     return Capacity(facts, pending, budgets)
-
 
 
 def recorded(gates: dict[str, dict], config) -> dict[str, tuple[float, float]]:

@@ -46,7 +46,7 @@ class SnapshotRecord:
     at: str                                   # when the ledger recorded the commit
     parent: str | None = None
     rollback_of: str | None = None
-    rebase: bool = False                      # a rebase (kbsync/rebase.py): the gates' new reference
+    rebase: bool = False                      # the gates' new reference (kbsync/rebase.py)
     patch: str | None = None
     batch: int | None = None
     edits: int = 0                            # facts this snapshot's batch edited
