@@ -56,7 +56,10 @@ class Retry(BaseModel):
     effort: float = Field(2.0, ge=1, description="target-optimisation steps multiplier for "
                           "the lone retry of an edit that failed its own efficacy")
     fallback_editor: str | None = Field(None, description="editor tried last for an edit "
-                                        "that still fails alone, e.g. grace; null: none")
+                                        "that still fails alone, e.g. grace, and the one "
+                                        "that makes the batches, in its own batch size, "
+                                        "once a cumulative gate's budget is nearly spent; "
+                                        "null: none")
     fallback_hparams: dict[str, Any] = Field(default_factory=dict,
                                              description="overrides of its hyper-parameters")
     repair: bool = Field(True, description="a batch or lone edit that fails only retention "
@@ -73,7 +76,7 @@ class Config(BaseModel):
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="overrides of the editor's hyper-parameters")
     batch_size: int | None = Field(None, ge=1, description="edits per batch; null: the "
-                                   "editor's own (`kbsync editors`: ultraedit 100, others 10)")
+                                   "editor's own (`kbsync editors`: ultraedit 100, grace 50, others 10)")
     patch_precision: Literal["float16", "float32"] = Field(
         "float16", description="how weight deltas are stored: float16 x a float32 scale per "
         "rank-one component (half the bytes), or float32 exactly as the editor made them")

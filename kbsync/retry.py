@@ -42,8 +42,26 @@ class RetryEditors:
     """The editors of one run's retries, made on first use."""
 
     def __init__(self, project, lm, editor):
+        """Checks `retry.fallback_editor` now, before the run starts, so a setting that
+        cannot work is a ConfigError, not a failure halfway through an apply."""
         self.project, self.cfg, self.lm, self.editor = project, project.config, lm, editor
         self._effort = self._fallback = None
+        self._folded = False
+        name = self.cfg.retry.fallback_editor
+        if not name:
+            return
+        if name == self.cfg.editor:
+            raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
+                              hint="name another editor (a side memory: grace, case or "
+                                   "wise), or leave it unset")
+        try:
+            self._fallback = make_editor(name, lm.model.config,
+                                         {**self.cfg.retry.fallback_hparams,
+                                          "seed": self.cfg.seed})
+        except EditorError as err:
+            raise ConfigError(f"retry.fallback_editor {name}: {err.message}",
+                              hint="set its hyper-parameters in retry.fallback_hparams "
+                                   "(e.g. {layers: [N]}), or leave it unset") from err
 
     def effort(self):
         """The run's editor with `retry.effort` x the optimisation and its memory now."""
@@ -55,24 +73,11 @@ class RetryEditors:
         return self._effort
 
     def fallback(self, head: str | None):
-        """`retry.fallback_editor` with its memory along HEAD's chain, or None when none
-        is named."""
-        name = self.cfg.retry.fallback_editor
-        if not name:
-            return None
-        if name == self.cfg.editor:
-            raise ConfigError(f"retry.fallback_editor is the editor itself ({name})",
-                              hint="name another editor, e.g. grace, or leave it unset")
-        if self._fallback is None:
-            try:
-                self._fallback = make_editor(name, self.lm.model.config,
-                                             {**self.cfg.retry.fallback_hparams,
-                                              "seed": self.cfg.seed})
-            except EditorError as err:
-                raise ConfigError(f"retry.fallback_editor {name}: {err.message}",
-                                  hint="set its hyper-parameters in retry.fallback_hparams "
-                                       "(e.g. {layers: [N]}), or leave it unset") from err
+        """`retry.fallback_editor` with its memory along HEAD's chain (folded at its first
+        use), or None when none is named."""
+        if self._fallback is not None and not self._folded:
             fold_editor_state(self.project, head, self._fallback)
+            self._folded = True
         return self._fallback
 
     def accepting(self, editor):

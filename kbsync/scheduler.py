@@ -126,13 +126,18 @@ class Scheduler:
             self.capacity = RunCapacity(self.cfg.gates, self.ledger, self.emit, self.run_id)
             self.capacity.at_head(self.snapshots, self.head, self.gate.snapshot)
             work = self.work = self.defer(self.classify())
-            size = self.cfg.batch_size or self.editor.default_batch_size
             self.emit({"type": "edits", "total": len(work), "known": len(self.result.known),
-                       "skipped": len(self.result.skipped), "batch_size": size})
-            for start in range(0, len(work), size):
+                       "skipped": len(self.result.skipped), "batch_size": self.batch_size(None)})
+            start = 0
+            while start < len(work):
+                if self.stop():       # a batch boundary: nothing of the next batch is done yet
+                    raise RunAbandoned(self.run_id)
+                routed = self.capacity.past_the_wall(lambda: self.retry.fallback(self.head))
+                batch = work[start:start + self.batch_size(routed)]
                 began = time.perf_counter()
-                self.commit_or_retry(work[start:start + size])
+                self.commit_or_retry(batch, routed)
                 self.edit_seconds += time.perf_counter() - began
+                start += len(batch)
             if self.pending:
                 self.commit(None, [], [])
             self.ledger.event(self.run_id, "run_committed", snapshot=self.result.snapshot,
@@ -214,13 +219,19 @@ class Scheduler:
                       para_owner=[i for _, _, i in para], general_prompts=general_prompts(),
                       retention_keys=retained)
 
-    def commit_or_retry(self, batch: list[Work]) -> None:
+    def batch_size(self, routed) -> int:
+        """kbsync.yaml's batch_size, else the editor's own; past the wall the fallback
+        editor's own: a GRACE batch of 10 spends 90 % of its time in the gates
+        (benchmarks/RESULTS.md, "Past the wall in batches of the fallback's size")."""
+        if routed is not None:
+            return routed.default_batch_size
+        return self.cfg.batch_size or self.editor.default_batch_size
+
+    def commit_or_retry(self, batch: list[Work], routed=None) -> None:
         """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 3 * len(batch))
         editor calls (each attempt may be repaired once), where the bisection this replaces
-        edited the whole batch again at every level of its tree (issue 22)."""
-        if self.stop():               # a batch boundary: nothing of this batch is done yet
-            raise RunAbandoned(self.run_id)
-        routed = self.capacity.past_the_wall(lambda: self.retry.fallback(self.head))
+        edited the whole batch again at every level of its tree (issue 22). `routed`: the
+        fallback editor that makes the batch past the wall, or None (the run's editor)."""
         first = self.attempt_repaired(batch, "batch" if routed is None else "past_the_wall",
                                       editor=routed)
         if first.passed:

@@ -162,6 +162,19 @@ def test_past_the_wall_the_batches_go_to_the_fallback_editor(applied):
     assert answers_match(answer(project, "Danube"), NEW)
 
 
+def test_past_the_wall_the_batches_take_the_fallbacks_own_size(applied, monkeypatch):
+    from kbsync.editing.side.grace import GRACE as GraceEditor
+
+    spend_the_budget(applied, **GRACE)                      # kbsync.yaml: batch_size 4
+    monkeypatch.setattr(GraceEditor, "default_batch_size", 2)
+    write_facts(applied.root, {**FACTS, "Danube": NEW, "Volga": "November", "Rhine": "British"})
+    seen: list[dict] = []
+    result = apply(Project(applied.root), emit=seen.append)
+    firsts = [e["size"] for e in seen if e["type"] == "batch_start" and e["attempt"] == 1]
+    assert firsts[:2] == [2, 1]                 # 3 changes in GRACE's batches, not one of 4
+    assert len(result.applied) + len(result.rejected) == 3
+
+
 def test_without_a_fallback_or_after_a_rebase_the_editor_goes_on(applied):
     spend_the_budget(applied)                                # no fallback named
     write_facts(applied.root, {**FACTS, "Danube": NEW})
@@ -181,14 +194,22 @@ def test_a_rebase_gives_the_budget_back_to_the_editor(applied):
     assert SnapshotStore(project.kbsync_dir).read(result.snapshot).editor == "memit"
 
 
-def test_a_fallback_that_does_not_fit_the_model_is_a_config_error(tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("fallback, message", [("grace", "retry.fallback_editor grace: layers"),
+                                               ("memit", "is the editor itself")])
+def test_a_fallback_that_cannot_work_is_a_config_error_before_the_run(tmp_path, tiny_llama_dir,
+                                                                      fallback, message):
     from kbproject import make_project
     from kbsync.errors import ConfigError
     from kbsync.retry import RetryEditors
 
-    # GRACE's Llama default is layer 27; the tiny Llama has 4
-    project = make_project(tmp_path / "proj", tiny_llama_dir, retry={"fallback_editor": "grace"})
+    # GRACE's Llama default is layer 27; the tiny Llama has 4. The project's editor is memit.
+    project = make_project(tmp_path / "proj", tiny_llama_dir, retry={"fallback_editor": fallback})
     lm, editor = load_at(project, None)
-    with pytest.raises(ConfigError, match="retry.fallback_editor grace: layers") as err:
-        RetryEditors(project, lm, editor).fallback(None)
-    assert "retry.fallback_hparams" in err.value.hint
+    with pytest.raises(ConfigError, match=message):
+        RetryEditors(project, lm, editor)
+    write_facts(project.root, FACTS)
+    with pytest.raises(ConfigError, match=message) as err:
+        apply(project)      # refused before any batch: no run, no snapshot
+    assert "leave it unset" in err.value.hint
+    assert SnapshotStore(project.kbsync_dir).head() is None
+    assert events(project, "run_started") == []
