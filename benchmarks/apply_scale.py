@@ -14,7 +14,8 @@ as a paraphrase; benchmarks/data/SOURCES.md), then
   answers;
 * bytes/fact: every file under .kbsync/ over the facts committed;
 * HEAD load s against base load s: `load_at(HEAD)` (the chain replayed) and the base model;
-* ask s at HEAD, log s (`log --limit 20`), report s.
+* ask s at HEAD, and in a fresh project (nothing applied: the base model); log s
+  (`log --limit 20`), report s.
 
     python benchmarks/apply_scale.py -n 1000 -n 10000 [--editor E] [--batch B] [--json]
 
@@ -95,6 +96,15 @@ def make_project(root: Path, n: int, editor: str | None, batch: int | None,
     return find_project(root)
 
 
+def fresh_project(root: Path):
+    """A project with nothing applied beside `root` (issue 22: `ask` at HEAD within 2x of
+    a fresh project's)."""
+    from kbsync.project import find_project, init_project
+
+    fresh = root.parent / f"{root.name}-fresh"
+    return find_project(fresh) if (fresh / "kbsync.yaml").exists() else init_project(fresh)
+
+
 def timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -126,6 +136,7 @@ def run(root: Path, n: int, editor: str | None, batch: int | None,
     _, base_load_s = timed(lambda: load_at(project, None, with_editor=False))
     first = next(iter(plan.requests)).prompt if plan.requests else "The Eiffel Tower is in"
     _, ask_s = timed(lambda: ask(project, first))
+    _, fresh_ask_s = timed(lambda: ask(fresh_project(root), first))
     _, log_s = timed(lambda: log(project, limit=20))
     _, report_s = timed(lambda: build_report(project, root / "report"))
     committed = len(result.applied) + len(result.known)
@@ -137,11 +148,12 @@ def run(root: Path, n: int, editor: str | None, batch: int | None,
             "drifted": len(report.drifted),
             "bytes_per_fact": folder_bytes(project.kbsync_dir) / max(committed, 1),
             "head_load_s": head_load_s, "base_load_s": base_load_s, "ask_s": ask_s,
+            "fresh_ask_s": fresh_ask_s,
             "log_s": log_s, "report_s": report_s}
 
 
 COLUMNS = ["dataset", "n", "editor", "batch", "plan_s", "s_per_fact", "committed", "known",
-           "rejected", "repaired", "drifted", "bytes_per_fact", "head_load_s", "base_load_s", "ask_s", "log_s",
+           "rejected", "repaired", "drifted", "bytes_per_fact", "head_load_s", "base_load_s", "ask_s", "fresh_ask_s", "log_s",
            "report_s"]
 
 

@@ -51,6 +51,12 @@ from kbsync.wall import RunCapacity
 
 Emit = Callable[[dict], None]
 UNRELATED_SAMPLE = 20
+# A batch of more than this many edits (GRACE's 50 past the wall) that fails a gate no edit
+# owns (locality, general knowledge) is retried in parts of this size before edit by edit:
+# its gates cost about 13 s an attempt on the default model whatever the batch's size, so
+# 50 lone attempts for one culprit cost 11 min, parts of 10 about 3 (benchmarks/RESULTS.md,
+# "Past the wall in batches of the fallback's size").
+PART_SIZE = 10
 
 
 @dataclass
@@ -227,13 +233,16 @@ class Scheduler:
             return routed.default_batch_size
         return self.cfg.batch_size or self.editor.default_batch_size
 
-    def commit_or_retry(self, batch: list[Work], routed=None) -> None:
+    def commit_or_retry(self, batch: list[Work], routed=None, of: Attempt | None = None) -> None:
         """Commit what of `batch` passes, at a bounded cost: at most 2 * (2 + 3 * len(batch))
-        editor calls (each attempt may be repaired once), where the bisection this replaces
-        edited the whole batch again at every level of its tree (issue 22). `routed`: the
-        fallback editor that makes the batch past the wall, or None (the run's editor)."""
-        first = self.attempt_repaired(batch, "batch" if routed is None else "past_the_wall",
-                                      editor=routed)
+        editor calls for a batch of up to PART_SIZE (each attempt may be repaired once),
+        where the bisection this replaces edited the whole batch again at every level of
+        its tree (issue 22). A bigger batch that fails a gate no single edit owns is retried
+        in parts of PART_SIZE, each under this rule, instead of edit by edit. `routed`: the
+        fallback editor that makes the batch past the wall, or None (the run's editor);
+        `of`: the attempt this batch is a part of."""
+        strategy = "part" if of else "batch" if routed is None else "past_the_wall"
+        first = self.attempt_repaired(batch, strategy, of=of, editor=routed)
         if first.passed:
             return
         if len(batch) == 1:
@@ -243,6 +252,10 @@ class Scheduler:
         rest = [w for w in batch if w not in dropped]
         if dropped and rest and self.attempt_repaired(rest, "without_failing", of=first,
                                                       editor=routed).passed:
+            rest = []
+        if len(rest) > PART_SIZE:
+            for start in range(0, len(rest), PART_SIZE):
+                self.commit_or_retry(rest[start:start + PART_SIZE], routed, of=first)
             rest = []
         for w in rest:     # the batch failed a gate no single edit owns: one at a time
             alone = self.attempt_repaired([w], "one_by_one", of=first, editor=routed)

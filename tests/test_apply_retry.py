@@ -87,3 +87,30 @@ def test_a_fallback_editor_commits_what_the_editor_cannot(tmp_path, tiny_llama_d
     for s, o in FACTS.items():          # HEAD rebuilt from both editors' patches
         assert answers_match(answer(project, s), o), s
     assert audit_verify(project) == []
+
+
+def test_a_big_batch_that_fails_a_gate_no_edit_owns_is_retried_in_parts(tmp_path, tiny_llama_dir,
+                                                                        monkeypatch):
+    """A blunt edit for Volga (30x its patch) fails the drift and KL gates, which no single
+    edit owns: the batch of 4 is retried in parts of 2 (PART_SIZE, made small here), the
+    part without Volga is committed at once, and only Volga's part goes edit by edit."""
+    import kbsync.scheduler
+
+    register_broken(monkeypatch)
+    monkeypatch.setattr(kbsync.scheduler, "PART_SIZE", 2)
+    project = make_project(tmp_path / "proj", tiny_llama_dir, editor="broken",
+                           hparams={"break_mode": "scale", "scale": 30.0,
+                                    "bad_subjects": ["Volga"]})
+    result = apply(project)
+
+    assert result.rejected == [key("Volga")]
+    assert sorted(result.applied) == sorted(key(s) for s in GOOD)
+    parts = [ALL[:2], ALL[2:]]
+    assert "Volga" in parts[1]
+    lone = [[s] for s in parts[1]]
+    assert [subjects for subjects, _ in Broken.CALLS] == [ALL, *parts, *lone]
+    retries = events(project, "batch_retry")
+    assert [(r["strategy"], r["of"]) for r in retries] == [
+        ("part", 1), ("part", 1), ("one_by_one", 1), ("one_by_one", 1)]
+    assert {"ppl_drift"} <= set(retries[0]["after_failed"])
+    assert audit_verify(project) == []
