@@ -76,7 +76,8 @@ class Config(BaseModel):
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="overrides of the editor's hyper-parameters")
     batch_size: int | None = Field(None, ge=1, description="edits per batch; null: the "
-                                   "editor's own (`kbsync editors`: ultraedit 100, grace 50, others 10)")
+                                   "editor's own (`kbsync editors`: ultraedit 100, grace 50, "
+                                   "others 10)")
     patch_precision: Literal["float16", "float32"] = Field(
         "float16", description="how weight deltas are stored: float16 x a float32 scale per "
         "rank-one component (half the bytes), or float32 exactly as the editor made them")

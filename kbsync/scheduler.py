@@ -227,7 +227,7 @@ class Scheduler:
 
     def batch_size(self, routed) -> int:
         """kbsync.yaml's batch_size, else the editor's own; past the wall the fallback
-        editor's own: a GRACE batch of 10 spends 90 % of its time in the gates
+        editor's own: a GRACE batch of 10 spends 94 % of its time in the gates
         (benchmarks/RESULTS.md, "Past the wall in batches of the fallback's size")."""
         if routed is not None:
             return routed.default_batch_size

@@ -45,7 +45,7 @@ class GraceMemory(SideMemory):
 class GRACE(SideEditor):
     name = kind = "grace"
     # its edit is about 0.1 s a fact on the default model and its entries do not share a
-    # fit, while a batch's gates cost about 9 s whatever its size (benchmarks/RESULTS.md,
+    # fit, while a batch's gates cost about 13 s whatever its size (benchmarks/RESULTS.md,
     # "Past the wall in batches of the fallback's size")
     default_batch_size = 50
 
